@@ -1,0 +1,82 @@
+//! Fresh databases for tests: each test gets its own, migrated, on the real
+//! PostgreSQL server named by `MAELAB_TEST_DATABASE_URL` (default: the local
+//! server as `postgres`).
+
+use sqlx::{Connection, PgConnection, PgPool};
+
+use super::{DbError, connect, migrate};
+
+/// The admin URL tests create their databases through.
+pub fn admin_url() -> String {
+    std::env::var("MAELAB_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// A migrated database of its own, named `maelab_test_<uuid>`.
+pub struct TestDb {
+    pub pool: PgPool,
+    pub url: String,
+    pub name: String,
+}
+
+impl TestDb {
+    /// Create and migrate a fresh database.
+    pub async fn new() -> Result<Self, DbError> {
+        let db = Self::empty().await?;
+        migrate(&db.pool).await?;
+        Ok(db)
+    }
+
+    /// Create a fresh database without applying migrations.
+    pub async fn empty() -> Result<Self, DbError> {
+        let admin = admin_url();
+        let name = format!("maelab_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect(&admin)
+            .await
+            .map_err(|source| DbError::Connect {
+                target: admin.clone(),
+                source,
+            })?;
+        sqlx::query(&format!("create database {name}"))
+            .execute(&mut conn)
+            .await
+            .map_err(|source| DbError::Connect {
+                target: admin.clone(),
+                source,
+            })?;
+        let url = with_database(&admin, &name);
+        let pool = connect(&url, 10).await?;
+        Ok(Self { pool, url, name })
+    }
+}
+
+/// `url` with its database replaced by `name`.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let prefix_end = base.find("://").map_or(0, |i| i + 3);
+    match base[prefix_end..].rfind('/') {
+        Some(i) => format!("{}/{name}{query}", &base[..prefix_end + i]),
+        None => format!("{base}/{name}{query}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn replaces_the_database_part() {
+        assert_eq!(
+            with_database("postgres://u@h:5432/postgres", "x"),
+            "postgres://u@h:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u@h/postgres?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://u@h", "x"), "postgres://u@h/x");
+    }
+}

@@ -1,0 +1,11 @@
+//! maelab-core: the pieces both the server (no libtorch) and the workers (tch) need.
+//!
+//! - [`config`]: the run config, its presets and its validation, so a run that the
+//!   server accepts is exactly a run that a worker can train.
+//! - [`db`]: the PostgreSQL schema (migrations), the queue's statements and the
+//!   metric/artifact writes, each fenced by the job's lease token.
+
+pub mod config;
+pub mod db;
+
+pub use config::{ConfigError, ConfigErrors, RunConfig};

@@ -1,0 +1,70 @@
+//! `maelab-worker doctor`: what libtorch this binary runs with and what it sees.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+/// The facts a worker reports about its libtorch and devices.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub torch_version: String,
+    pub libtorch_path: Option<String>,
+    pub cuda_available: bool,
+    pub cuda_device_count: i64,
+    pub cudnn_available: bool,
+    pub cpu_threads: i32,
+}
+
+/// Ask libtorch.
+pub fn report() -> Report {
+    let cuda_available = tch::Cuda::is_available();
+    Report {
+        torch_version: torch_version(),
+        libtorch_path: loaded_libtorch().map(|p| p.display().to_string()),
+        cuda_available,
+        cuda_device_count: if cuda_available {
+            tch::Cuda::device_count()
+        } else {
+            0
+        },
+        cudnn_available: cuda_available && tch::Cuda::cudnn_is_available(),
+        cpu_threads: tch::get_num_threads(),
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "torch version:     {}", self.torch_version)?;
+        writeln!(
+            f,
+            "libtorch:          {}",
+            self.libtorch_path.as_deref().unwrap_or("unknown")
+        )?;
+        writeln!(f, "cuda available:    {}", self.cuda_available)?;
+        writeln!(f, "cuda devices:      {}", self.cuda_device_count)?;
+        writeln!(f, "cudnn available:   {}", self.cudnn_available)?;
+        write!(f, "cpu threads:       {}", self.cpu_threads)
+    }
+}
+
+/// The version of the libtorch this process loaded (read from the `torch`
+/// package that holds it), else the one it was built against.
+pub fn torch_version() -> String {
+    loaded_libtorch()
+        .and_then(|lib| {
+            let text = std::fs::read_to_string(lib.parent()?.parent()?.join("version.py")).ok()?;
+            let line = text.lines().find(|l| l.starts_with("__version__"))?;
+            Some(line.split('\'').nth(1)?.to_string())
+        })
+        .or_else(|| option_env!("MAELAB_BUILT_TORCH_VERSION").map(str::to_string))
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// Where `libtorch_cpu.so` was mapped from, per /proc/self/maps.
+fn loaded_libtorch() -> Option<PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.ends_with("/libtorch_cpu.so"))
+        .map(PathBuf::from)
+}
