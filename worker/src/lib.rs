@@ -1,5 +1,7 @@
 //! maelab-worker: trains MAE and Wave-MAE with libtorch through tch, on its own
 //! (`maelab-worker train`) or as a queue worker against PostgreSQL (`run`).
 
+pub mod cli;
 pub mod doctor;
 pub mod events;
+pub mod telemetry;

@@ -1,5 +1,10 @@
-use anyhow::Result;
+//! `maelab-worker`: doctor, train, bench, data and the queue worker, each a
+//! module of `maelab_worker::cli`.
+
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
+use maelab_worker::cli;
 
 /// The maelab worker: one process per GPU (or the CPU).
 #[derive(Parser)]
@@ -12,24 +17,34 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Print the torch version, CUDA availability, device count and CPU threads.
-    Doctor {
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Doctor(cli::doctor::Args),
+    /// Train one run from a config file, without the server.
+    Train(cli::train::Args),
+    /// Measure images/second and peak memory of full training steps.
+    Bench(cli::bench::Args),
+    /// Fetch or prepare datasets.
+    #[command(subcommand)]
+    Data(cli::data::Command),
+    /// Claim jobs from PostgreSQL and train them until stopped.
+    Run(cli::run::Args),
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
+    maelab_worker::telemetry::init();
     let cli = Cli::parse();
-    match cli.command {
-        Command::Doctor { json } => {
-            let report = maelab_worker::doctor::report();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("{report}");
-            }
+    let result = match cli.command {
+        Command::Doctor(args) => cli::doctor::main(args),
+        Command::Train(args) => cli::train::main(args),
+        Command::Bench(args) => cli::bench::main(args),
+        Command::Data(cmd) => cli::data::main(cmd),
+        Command::Run(args) => cli::run::main(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            // One line a person can act on, no backtrace.
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
         }
     }
-    Ok(())
 }

@@ -1,0 +1,7 @@
+//! The subcommands of `maelab-worker`, one module each.
+
+pub mod bench;
+pub mod data;
+pub mod doctor;
+pub mod run;
+pub mod train;
