@@ -4,4 +4,5 @@
 pub mod cli;
 pub mod doctor;
 pub mod events;
+pub mod model;
 pub mod telemetry;

@@ -1,0 +1,46 @@
+//! Multi-head self-attention (timm `Attention`, qkv with bias) through
+//! `scaled_dot_product_attention`, which picks the fused kernel of the device.
+
+use tch::{Tensor, nn};
+
+use super::layers::Linear;
+
+#[derive(Debug)]
+pub struct Attention {
+    qkv: Linear,
+    proj: Linear,
+    num_heads: i64,
+}
+
+impl Attention {
+    pub fn new(p: nn::Path, dim: i64, num_heads: i64) -> Self {
+        Self {
+            qkv: Linear::new(&p / "qkv", dim, 3 * dim),
+            proj: Linear::new(&p / "proj", dim, dim),
+            num_heads,
+        }
+    }
+
+    /// [B, N, D] -> [B, N, D]
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let (b, n, d) = x.size3().unwrap_or((0, 0, 0));
+        let h = self.num_heads;
+        let qkv = self
+            .qkv
+            .forward(x) // [B, N, 3D]
+            .reshape([b, n, 3, h, d / h])
+            .permute([2, 0, 3, 1, 4]); // [3, B, H, N, D/H]
+        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        let out = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<Tensor>,
+            0.0,
+            false,
+            None,
+            false,
+        ); // [B, H, N, D/H]
+        self.proj.forward(&out.transpose(1, 2).reshape([b, n, d]))
+    }
+}
