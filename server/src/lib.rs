@@ -1,1 +1,8 @@
+//! maelab-server: the web pages, the REST API and the `maelab` CLI. It reads
+//! and writes PostgreSQL through `maelab-core` and never links libtorch.
 
+pub mod embedded_pg;
+pub mod http;
+pub mod serve;
+pub mod settings;
+pub mod telemetry;

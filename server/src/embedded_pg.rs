@@ -1,0 +1,300 @@
+//! The embedded PostgreSQL default: when no `DATABASE_URL` is given, the server
+//! runs a private cluster in its data folder with the system's `initdb` and
+//! `pg_ctl`, on a free loopback port, and stops it on exit.
+//!
+//! `initdb` refuses to run as root, so as root the cluster belongs to the
+//! `postgres` system user (Debian's package creates it) and the tools run as it.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sqlx::Connection;
+
+/// Role and database the embedded cluster serves.
+const ROLE: &str = "maelab";
+const DATABASE: &str = "maelab";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedPgError {
+    #[error(
+        "PostgreSQL's {0} was not found; run scripts/setup (installs Debian's postgresql) or set DATABASE_URL"
+    )]
+    MissingTool(&'static str),
+    #[error(
+        "running as root, but there is no `postgres` user to own the embedded cluster; install Debian's postgresql or set DATABASE_URL"
+    )]
+    NoUnprivilegedUser,
+    #[error("{what} failed: {detail}")]
+    Command { what: String, detail: String },
+    #[error("embedded PostgreSQL data folder {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("embedded PostgreSQL started but cannot be reached: {0}")]
+    Connect(#[from] sqlx::Error),
+}
+
+/// A running private cluster.
+#[derive(Debug)]
+pub struct EmbeddedPostgres {
+    cluster: PathBuf,
+    port: u16,
+    bin: PathBuf,
+    owner: Option<nix::unistd::User>,
+    /// Whether this process started the cluster (and so stops it).
+    started: bool,
+}
+
+impl EmbeddedPostgres {
+    /// Start the cluster in `data_dir/postgres` (creating it on first use), or
+    /// reuse one already running there; a stale pid file left by a crash is
+    /// cleared first.
+    pub async fn start(data_dir: &Path) -> Result<Self, EmbeddedPgError> {
+        let bin = find_bin_dir()?;
+        let owner = if nix::unistd::geteuid().is_root() {
+            Some(
+                nix::unistd::User::from_name("postgres")
+                    .ok()
+                    .flatten()
+                    .ok_or(EmbeddedPgError::NoUnprivilegedUser)?,
+            )
+        } else {
+            None
+        };
+        std::fs::create_dir_all(data_dir).map_err(|source| io_err(data_dir, source))?;
+        let data_dir = data_dir
+            .canonicalize()
+            .map_err(|source| io_err(data_dir, source))?;
+        let cluster = data_dir.join("postgres");
+        let mut pg = Self {
+            cluster,
+            port: 0,
+            bin,
+            owner,
+            started: false,
+        };
+        if !pg.cluster.join("PG_VERSION").exists() {
+            pg.init()?;
+        }
+        match pg.running_port() {
+            Some(port) => {
+                tracing::info!(port, cluster = %pg.cluster.display(), "reusing running embedded PostgreSQL");
+                pg.port = port;
+            }
+            None => {
+                pg.clear_stale_pid()?;
+                pg.port = free_port().map_err(|source| io_err(&pg.cluster, source))?;
+                pg.pg_ctl_start()?;
+                pg.started = true;
+                tracing::info!(port = pg.port, cluster = %pg.cluster.display(), "started embedded PostgreSQL");
+            }
+        }
+        pg.ensure_database().await?;
+        Ok(pg)
+    }
+
+    /// URL of the service database.
+    pub fn url(&self) -> String {
+        format!("postgres://{ROLE}@127.0.0.1:{}/{DATABASE}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stop the cluster if this process started it (fast shutdown: open
+    /// connections are closed, committed data is safe).
+    pub fn stop(mut self) -> Result<(), EmbeddedPgError> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Result<(), EmbeddedPgError> {
+        if !self.started {
+            return Ok(());
+        }
+        self.started = false;
+        let cluster = self.cluster.display().to_string();
+        self.run(
+            "pg_ctl stop",
+            "pg_ctl",
+            &["-D", &cluster, "-m", "fast", "-w", "-t", "30", "stop"],
+        )?;
+        tracing::info!(cluster, "stopped embedded PostgreSQL");
+        Ok(())
+    }
+
+    fn init(&self) -> Result<(), EmbeddedPgError> {
+        std::fs::create_dir_all(&self.cluster).map_err(|source| io_err(&self.cluster, source))?;
+        if let Some(owner) = &self.owner {
+            nix::unistd::chown(&self.cluster, Some(owner.uid), Some(owner.gid))
+                .map_err(|e| io_err(&self.cluster, e.into()))?;
+        }
+        let cluster = self.cluster.display().to_string();
+        self.run(
+            "initdb",
+            "initdb",
+            &[
+                "-D",
+                &cluster,
+                "-U",
+                ROLE,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-locale",
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn pg_ctl_start(&self) -> Result<(), EmbeddedPgError> {
+        let cluster = self.cluster.display().to_string();
+        let log = self.cluster.join("server.log").display().to_string();
+        // No unix socket: the cluster folder may sit on a long path, and TCP on
+        // loopback is all the server uses.
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''",
+            self.port
+        );
+        self.run(
+            "pg_ctl start",
+            "pg_ctl",
+            &[
+                "-D", &cluster, "-l", &log, "-o", &options, "-w", "-t", "60", "start",
+            ],
+        )
+        .map_err(|e| match e {
+            EmbeddedPgError::Command { what, detail } => EmbeddedPgError::Command {
+                what,
+                detail: format!("{detail} (see {log})"),
+            },
+            other => other,
+        })?;
+        Ok(())
+    }
+
+    /// The port of a postmaster that really runs on this cluster, from its pid
+    /// file. A pid that now belongs to another process does not count.
+    fn running_port(&self) -> Option<u16> {
+        let text = std::fs::read_to_string(self.cluster.join("postmaster.pid")).ok()?;
+        let mut lines = text.lines();
+        let pid: i32 = lines.next()?.trim().parse().ok()?;
+        let port: u16 = lines.nth(2)?.trim().parse().ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (comm.trim() == "postgres").then_some(port)
+    }
+
+    fn clear_stale_pid(&self) -> Result<(), EmbeddedPgError> {
+        let pid_file = self.cluster.join("postmaster.pid");
+        if pid_file.exists() {
+            tracing::warn!(path = %pid_file.display(), "removing stale PostgreSQL pid file");
+            std::fs::remove_file(&pid_file).map_err(|source| io_err(&pid_file, source))?;
+        }
+        Ok(())
+    }
+
+    async fn ensure_database(&self) -> Result<(), EmbeddedPgError> {
+        let admin = format!("postgres://{ROLE}@127.0.0.1:{}/postgres", self.port);
+        let mut conn = sqlx::PgConnection::connect(&admin).await?;
+        let exists: bool =
+            sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+                .bind(DATABASE)
+                .fetch_one(&mut conn)
+                .await?;
+        if !exists {
+            sqlx::query(&format!("create database {DATABASE}"))
+                .execute(&mut conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Run a PostgreSQL tool, as the cluster's owner when we are root.
+    fn run(&self, what: &str, tool: &str, args: &[&str]) -> Result<Output, EmbeddedPgError> {
+        let mut cmd = Command::new(self.bin.join(tool));
+        cmd.args(args).current_dir(&self.cluster);
+        if let Some(owner) = &self.owner {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(owner.uid.as_raw())
+                .gid(owner.gid.as_raw())
+                .env("HOME", &owner.dir)
+                .env("USER", &owner.name);
+        }
+        let out = cmd.output().map_err(|e| EmbeddedPgError::Command {
+            what: what.to_string(),
+            detail: e.to_string(),
+        })?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let detail = stderr
+                .lines()
+                .chain(stdout.lines())
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .last()
+                .unwrap_or("no output")
+                .to_string();
+            return Err(EmbeddedPgError::Command {
+                what: what.to_string(),
+                detail,
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for EmbeddedPostgres {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop_inner() {
+            tracing::error!(error = %e, "stopping embedded PostgreSQL");
+        }
+    }
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> EmbeddedPgError {
+    EmbeddedPgError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The folder holding `initdb` and `pg_ctl`: `MAELAB_PG_BIN`, then PATH, then
+/// the newest /usr/lib/postgresql/*/bin (Debian keeps them off PATH).
+fn find_bin_dir() -> Result<PathBuf, EmbeddedPgError> {
+    let has_tools = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+    if let Some(dir) = std::env::var_os("MAELAB_PG_BIN").map(PathBuf::from) {
+        return if has_tools(&dir) {
+            Ok(dir)
+        } else {
+            Err(EmbeddedPgError::MissingTool("initdb"))
+        };
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        if let Some(dir) = std::env::split_paths(&path).find(|d| has_tools(d)) {
+            return Ok(dir);
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            has_tools(&bin).then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, bin)| bin)
+        .ok_or(EmbeddedPgError::MissingTool("initdb"))
+}
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}

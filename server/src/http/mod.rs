@@ -1,0 +1,45 @@
+//! The HTTP side: one [`AppState`], one router built by [`app`], modules that
+//! each contribute their routes.
+
+mod error;
+mod health;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+use sqlx::PgPool;
+use tower_http::compression::CompressionLayer;
+use tower_http::services::ServeDir;
+use tower_http::trace::TraceLayer;
+
+pub use error::{AppError, ErrorBody};
+
+use crate::settings::ServeSettings;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub settings: Arc<ServeSettings>,
+}
+
+impl AppState {
+    pub fn new(db: PgPool, settings: ServeSettings) -> Self {
+        Self {
+            db,
+            settings: Arc::new(settings),
+        }
+    }
+}
+
+/// The whole application, without a socket (tests call it with `oneshot`).
+pub fn app(state: AppState) -> Router {
+    let static_files = ServeDir::new(&state.settings.static_dir);
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .nest_service("/static", static_files)
+        .layer(CompressionLayer::new())
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -1,0 +1,103 @@
+//! `maelab serve`: database (given or embedded), migrations, the HTTP server,
+//! and a graceful shutdown on SIGTERM or Ctrl-C.
+
+use anyhow::Context;
+use maelab_core::db;
+use tokio::net::TcpListener;
+
+use crate::embedded_pg::EmbeddedPostgres;
+use crate::http::{AppState, app};
+use crate::settings::ServeSettings;
+
+/// A bound, migrated server that has not started serving yet.
+pub struct Server {
+    listener: TcpListener,
+    state: AppState,
+    embedded: Option<EmbeddedPostgres>,
+}
+
+impl Server {
+    /// Connect (starting the embedded cluster when no URL is set), migrate,
+    /// and bind. Every failure here is one line that says what to do.
+    pub async fn build(settings: ServeSettings) -> anyhow::Result<Self> {
+        let (url, embedded) = match &settings.database_url {
+            Some(url) => (url.clone(), None),
+            None => {
+                let pg = EmbeddedPostgres::start(&settings.data_dir).await.context(
+                    "starting the embedded PostgreSQL (set DATABASE_URL to use another)",
+                )?;
+                (pg.url(), Some(pg))
+            }
+        };
+        let pool = db::connect(&url, settings.db_pool).await?;
+        db::migrate(&pool).await?;
+        let listener = TcpListener::bind(settings.bind).await.with_context(|| {
+            format!(
+                "cannot listen on {}: is another process using that port? Choose another with --bind or MAELAB_BIND",
+                settings.bind
+            )
+        })?;
+        Ok(Self {
+            listener,
+            state: AppState::new(pool, settings),
+            embedded,
+        })
+    }
+
+    /// The address actually bound (port 0 in tests).
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The database URL the server uses (the embedded cluster's when it runs one).
+    pub fn database_url(&self) -> Option<String> {
+        self.embedded.as_ref().map(EmbeddedPostgres::url)
+    }
+
+    /// Serve until SIGTERM or Ctrl-C, then close the pool and stop the
+    /// embedded cluster.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            state,
+            embedded,
+        } = self;
+        let db = state.db.clone();
+        axum::serve(listener, app(state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("serving HTTP")?;
+        db.close().await;
+        if let Some(pg) = embedded {
+            pg.stop()?;
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
