@@ -50,6 +50,34 @@ impl TestDb {
     }
 }
 
+impl Drop for TestDb {
+    /// Drop the database so test runs do not pile them up. Runs on its own
+    /// thread and runtime because `Drop` may run inside a current-thread runtime;
+    /// `with (force)` ends the pool's connections server-side.
+    fn drop(&mut self) {
+        if std::env::var_os("MAELAB_KEEP_TEST_DB").is_some() {
+            return;
+        }
+        let name = self.name.clone();
+        let dropper = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(mut conn) = PgConnection::connect(&admin_url()).await {
+                    let _ = sqlx::query(&format!("drop database if exists {name} with (force)"))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        });
+        let _ = dropper.join();
+    }
+}
+
 /// `url` with its database replaced by `name`.
 pub fn with_database(url: &str, name: &str) -> String {
     let (base, query) = match url.split_once('?') {
