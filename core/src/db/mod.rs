@@ -3,7 +3,12 @@
 //! The schema lives in `migrations/` at the workspace root and is embedded here,
 //! so whichever process starts first brings the database up to date.
 
+pub mod artifacts;
+pub mod metrics;
+pub mod queue;
+pub mod runs;
 pub mod testing;
+pub mod workers;
 
 use std::time::Duration;
 
