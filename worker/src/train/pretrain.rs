@@ -1,0 +1,122 @@
+//! MAE pretraining (main_pretrain.py): masked reconstruction with AdamW
+//! (0.9, 0.95), a reconstruction picture of fixed test images every epoch.
+
+use std::sync::Arc;
+
+use maelab_core::config::{Precision, RunConfig};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tch::nn;
+
+use super::epoch::{EpochEnd, train_epoch};
+use super::recon_image::{RECON_IMAGES, reconstruct, to_png};
+use super::{
+    Outcome, TrainError, TrainOptions, build_optimizer, epoch_seed, finish_epoch, resume,
+    seed_torch,
+};
+use crate::data::{Augment, Dataset, Loader, LoaderConfig, to_tensor};
+use crate::events::{EpochRow, Image, Sink};
+use crate::model::encoder::compute_kind;
+use crate::model::masking::masking_noise;
+use crate::model::{AttnKind, Mae, MaeConfig, n_parameters};
+
+/// Seed of the fixed reconstruction set (the same images in every run).
+const RECON_SEED: u64 = 0;
+
+pub fn run(
+    config: &RunConfig,
+    opts: &TrainOptions,
+    train: Dataset,
+    test: Dataset,
+    sink: &mut dyn Sink,
+) -> Result<Outcome, TrainError> {
+    let device = opts.device;
+    let kind = compute_kind(config.precision == Precision::Bf16);
+    tch::manual_seed(config.seed as i64);
+    let vs = nn::VarStore::new(device);
+    let mae = Mae::new(
+        &vs.root(),
+        &MaeConfig {
+            shape: config.shape.clone(),
+            norm_pix_loss: config.norm_pix_loss,
+            encoder_attn: AttnKind::Plain,
+            decoder_attn: AttnKind::Plain,
+        },
+    )?;
+    let n_params = n_parameters(&vs);
+    tracing::info!(n_parameters = n_params, "MAE built");
+    let mut optim = build_optimizer(config, &vs);
+    let (start, _) = resume(config, opts, &vs, &mut optim)?;
+
+    // The fixed reconstruction set: 8 seeded test images and fixed masks.
+    let mut pick = StdRng::seed_from_u64(RECON_SEED);
+    let count = RECON_IMAGES.min(test.len());
+    let indices = rand::seq::index::sample(&mut pick, test.len(), count).into_vec();
+    let recon_imgs = to_tensor(&test, &indices).to_device(device);
+    let recon_noise = masking_noise(
+        &mut pick,
+        count as i64,
+        i64::from(config.shape.num_patches()),
+        device,
+    );
+
+    let train = Arc::new(train);
+    for epoch in start..config.epochs {
+        seed_torch(config.seed, epoch);
+        let mut mask_rng = StdRng::seed_from_u64(epoch_seed(config.seed, epoch) ^ 0x6D61_736B); // "mask"
+        let loader = Loader::try_new(
+            train.clone(),
+            LoaderConfig {
+                batch_size: config.batch_size as usize,
+                shuffle: true,
+                drop_last: true,
+                seed: config.seed,
+                epoch: u64::from(epoch),
+                augment: Augment::for_run(config),
+                threads: opts.loader_threads,
+                prefetch: 2 * opts.loader_threads.max(1),
+            },
+        )?;
+        let start_time = std::time::Instant::now();
+        let num_patches = i64::from(config.shape.num_patches());
+        let mut forward = |batch: &crate::data::Batch| {
+            let imgs = batch.images.to_device(device).to_kind(kind);
+            let noise = masking_noise(&mut mask_rng, imgs.size()[0], num_patches, device);
+            mae.forward(&imgs, config.mask_ratio, &noise, true).loss
+        };
+        let stats = match train_epoch(config, opts, epoch, loader, &mut optim, sink, &mut forward)?
+        {
+            EpochEnd::Done(stats) => stats,
+            EpochEnd::Stopped(reason) => return Ok(Outcome::Stopped(reason)),
+        };
+        let recon = reconstruct(
+            &mae,
+            &recon_imgs,
+            config.mask_ratio,
+            &recon_noise,
+            config.norm_pix_loss,
+        );
+        let image = Image {
+            epoch,
+            name: format!("recon-epoch-{epoch:04}.png"),
+            png: to_png(&recon)?,
+        };
+        let row = EpochRow {
+            epoch,
+            train_lr: stats.lr,
+            train_loss: stats.loss,
+            test_loss: None,
+            test_acc1: None,
+            test_acc5: None,
+            n_parameters: n_params,
+            psnr: None,
+            hf_ratio: None,
+            epoch_seconds: start_time.elapsed().as_secs_f64(),
+            images_per_second: stats.images as f64 / stats.seconds.max(1e-9),
+        };
+        if let Some(reason) = finish_epoch(config, opts, &vs, &optim, &row, Some(image), sink)? {
+            return Ok(Outcome::Stopped(reason));
+        }
+    }
+    Ok(Outcome::Finished)
+}
