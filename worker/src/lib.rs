@@ -4,5 +4,6 @@
 pub mod cli;
 pub mod doctor;
 pub mod events;
+pub mod metrics;
 pub mod model;
 pub mod telemetry;

@@ -14,6 +14,7 @@ pub mod mlp;
 pub mod patch_embed;
 pub mod patchify;
 pub mod pos_embed;
+pub mod wave;
 
 pub use block::AttnKind;
 pub use classifier::Classifier;
