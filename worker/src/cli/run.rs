@@ -1,8 +1,133 @@
+//! `maelab-worker run`: the queue worker, one process per GPU, until stopped.
+//! SIGTERM or Ctrl-C stops the current job at its next step, requeues it,
+//! marks the worker stopped and exits 0.
+
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-#[derive(clap::Args)]
-pub struct Args {}
+use anyhow::Context;
 
-pub fn main(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`maelab-worker run` is being built (see the issue tracker)")
+use crate::queue::{Settings, Shutdown, Worker};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// PostgreSQL URL (falls back to DATABASE_URL).
+    #[arg(long, env = "MAELAB_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, env = "MAELAB_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// A name for pages and logs (default: host and device).
+    #[arg(long, env = "MAELAB_WORKER_NAME")]
+    pub name: Option<String>,
+    /// Seconds between polls when no notification arrives (the backstop for lost ones).
+    #[arg(long, env = "MAELAB_POLL_INTERVAL", default_value_t = 5.0)]
+    pub poll_interval: f64,
+    /// Seconds a lease lasts without a heartbeat; heartbeats go out every
+    /// min(2, lease/3) seconds.
+    #[arg(long, env = "MAELAB_LEASE_SECONDS", default_value_t = 30.0)]
+    pub lease_seconds: f64,
+    /// First retry delay, in seconds, for a job whose lease expired (doubles per attempt).
+    #[arg(long, default_value_t = 5.0)]
+    pub rescue_backoff: f64,
+    /// Run one job, then exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Do not LISTEN for new jobs; rely on polling (to measure the backstop).
+    #[arg(long, hide = true)]
+    pub no_listen: bool,
+    /// Where decoded datasets are cached.
+    #[arg(long, env = "MAELAB_CACHE_DIR", default_value = ".maelab/cache")]
+    pub cache_dir: PathBuf,
+    /// CPU threads for torch (default: libtorch's choice).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Threads building augmented batches.
+    #[arg(long, default_value_t = 2)]
+    pub loader_threads: usize,
+}
+
+fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("--{flag} must be a positive number of seconds, got {value}"))
+}
+
+impl Args {
+    fn settings(self) -> anyhow::Result<Settings> {
+        let database_url = self
+            .database_url
+            .or_else(|| std::env::var("DATABASE_URL").ok())
+            .context(
+                "no database: pass --database-url or set MAELAB_DATABASE_URL or DATABASE_URL",
+            )?;
+        let lease = seconds(self.lease_seconds, "lease-seconds")?;
+        let host = hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "worker".into());
+        Ok(Settings {
+            database_url,
+            name: self
+                .name
+                .unwrap_or_else(|| format!("{host}/{}", self.device)),
+            device: self.device,
+            poll_interval: seconds(self.poll_interval, "poll-interval")?,
+            lease,
+            heartbeat_interval: (lease / 3).min(Duration::from_secs(2)),
+            rescue_backoff: Duration::try_from_secs_f64(self.rescue_backoff)
+                .context("--rescue-backoff must be a non-negative number of seconds")?,
+            once: self.once,
+            listen: !self.no_listen,
+            cache_dir: self.cache_dir,
+            threads: self.threads,
+            loader_threads: self.loader_threads.max(1),
+        })
+    }
+}
+
+pub fn main(args: Args) -> anyhow::Result<ExitCode> {
+    let settings = args.settings()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let shutdown = Shutdown::default();
+        let trigger = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("stop requested; finishing the current step");
+            trigger.trigger();
+        });
+        let worker = Worker::start(settings, shutdown).await?;
+        worker.run().await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM or Ctrl-C, whichever comes first.
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
 }
