@@ -29,6 +29,12 @@ impl Server {
                 (pg.url(), Some(pg))
             }
         };
+        if embedded.is_some() {
+            // Workers on this host (scripts/start) read the URL from here.
+            let path = settings.data_dir.join("database-url");
+            std::fs::write(&path, format!("{url}\n"))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
         let pool = db::connect(&url, settings.db_pool).await?;
         db::migrate(&pool).await?;
         let listener = TcpListener::bind(settings.bind).await.with_context(|| {
@@ -37,9 +43,12 @@ impl Server {
                 settings.bind
             )
         })?;
+        let state = AppState::new(pool, settings);
+        // One LISTEN connection for every page's live updates.
+        state.live.spawn_listener(state.db.clone());
         Ok(Self {
             listener,
-            state: AppState::new(pool, settings),
+            state,
             embedded,
         })
     }
@@ -63,12 +72,14 @@ impl Server {
             embedded,
         } = self;
         let db = state.db.clone();
+        let state_data_dir = state.settings.data_dir.clone();
         axum::serve(listener, app(state))
             .with_graceful_shutdown(shutdown_signal())
             .await
             .context("serving HTTP")?;
         db.close().await;
         if let Some(pg) = embedded {
+            let _ = std::fs::remove_file(state_data_dir.join("database-url"));
             pg.stop()?;
         }
         tracing::info!("stopped");
