@@ -1,6 +1,8 @@
 //! `maelab serve`: database (given or embedded), migrations, the HTTP server,
 //! and a graceful shutdown on SIGTERM or Ctrl-C.
 
+use std::time::Duration;
+
 use anyhow::Context;
 use maelab_core::db;
 use tokio::net::TcpListener;
@@ -73,10 +75,12 @@ impl Server {
         } = self;
         let db = state.db.clone();
         let state_data_dir = state.settings.data_dir.clone();
+        let reaper = tokio::spawn(reap_forever(db.clone()));
         axum::serve(listener, app(state))
             .with_graceful_shutdown(shutdown_signal())
             .await
             .context("serving HTTP")?;
+        reaper.abort();
         db.close().await;
         if let Some(pg) = embedded {
             let _ = std::fs::remove_file(state_data_dir.join("database-url"));
@@ -84,6 +88,33 @@ impl Server {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// How often the server looks for jobs whose lease expired.
+const REAP_EVERY: Duration = Duration::from_secs(5);
+/// Backoff before a rescued job may run again (doubled per attempt).
+const RESCUE_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Requeue (or fail) jobs whose worker died. Workers run the same reaper on
+/// every poll; the server runs it too so that jobs are rescued, and shown
+/// right, while no worker is alive. An advisory lock keeps it to one at a time.
+async fn reap_forever(db: sqlx::PgPool) {
+    let mut tick = tokio::time::interval(REAP_EVERY);
+    loop {
+        tick.tick().await;
+        match maelab_core::db::queue::rescue_expired(&db, RESCUE_BACKOFF).await {
+            Ok(r) if r.requeued + r.failed + r.cancelled > 0 => {
+                tracing::info!(
+                    requeued = r.requeued,
+                    failed = r.failed,
+                    cancelled = r.cancelled,
+                    "rescued expired jobs"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "reaper pass failed"),
+        }
     }
 }
 
