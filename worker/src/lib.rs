@@ -6,4 +6,5 @@ pub mod doctor;
 pub mod events;
 pub mod metrics;
 pub mod model;
+pub mod queue;
 pub mod telemetry;

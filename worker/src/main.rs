@@ -27,6 +27,8 @@ enum Command {
     Data(cli::data::Command),
     /// Claim jobs from PostgreSQL and train them until stopped.
     Run(cli::run::Args),
+    /// Measure queue throughput and enqueue-to-start latency with load-test jobs.
+    QueueBench(cli::queue_bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => cli::bench::main(args),
         Command::Data(cmd) => cli::data::main(cmd),
         Command::Run(args) => cli::run::main(args),
+        Command::QueueBench(args) => cli::queue_bench::main(args),
     };
     match result {
         Ok(code) => code,

@@ -3,5 +3,6 @@
 pub mod bench;
 pub mod data;
 pub mod doctor;
+pub mod queue_bench;
 pub mod run;
 pub mod train;
