@@ -2,6 +2,7 @@
 //! (`maelab-worker train`) or as a queue worker against PostgreSQL (`run`).
 
 pub mod cli;
+pub mod data;
 pub mod doctor;
 pub mod events;
 pub mod metrics;
