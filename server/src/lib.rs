@@ -3,6 +3,7 @@
 
 pub mod embedded_pg;
 pub mod http;
+pub mod live;
 pub mod serve;
 pub mod settings;
 pub mod telemetry;

@@ -3,6 +3,7 @@
 
 mod error;
 mod health;
+pub mod pages;
 
 use std::sync::Arc;
 
@@ -22,6 +23,8 @@ use crate::settings::ServeSettings;
 pub struct AppState {
     pub db: PgPool,
     pub settings: Arc<ServeSettings>,
+    /// Live updates fanned out from the one LISTEN connection (`crate::live`).
+    pub live: crate::live::Live,
 }
 
 impl AppState {
@@ -29,6 +32,7 @@ impl AppState {
         Self {
             db,
             settings: Arc::new(settings),
+            live: crate::live::Live::new(),
         }
     }
 }
@@ -38,6 +42,7 @@ pub fn app(state: AppState) -> Router {
     let static_files = ServeDir::new(&state.settings.static_dir);
     Router::new()
         .route("/healthz", get(health::healthz))
+        .merge(pages::router())
         .nest_service("/static", static_files)
         .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http())

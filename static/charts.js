@@ -1,0 +1,59 @@
+// Small helpers around the vendored uPlot: one place that builds a chart
+// from columns, so the run and compare pages draw alike.
+"use strict";
+window.maelabCharts = (function () {
+  const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
+                  "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+
+  // Exponential moving average, like TensorBoard's smoothing slider.
+  function ema(values, alpha) {
+    if (!alpha) return values;
+    const out = new Array(values.length);
+    let last = null;
+    for (let i = 0; i < values.length; i++) {
+      const v = values[i];
+      if (v == null || !isFinite(v)) { out[i] = v; continue; }
+      last = last == null ? v : alpha * last + (1 - alpha) * v;
+      out[i] = last;
+    }
+    return out;
+  }
+
+  function hasValues(arr) {
+    for (let i = 0; i < arr.length; i++) if (arr[i] != null) return true;
+    return false;
+  }
+
+  // opts: {title, xLabel, series: [{label, color?, width?, dash?}], log}
+  function make(container, opts, data) {
+    const box = document.createElement("div");
+    box.className = "chart";
+    box.dataset.title = opts.title;
+    container.appendChild(box);
+    const width = Math.max(320, Math.min(container.clientWidth || 640, 640) - 8);
+    const series = [{ label: opts.xLabel || "x" }].concat(opts.series.map(function (s, i) {
+      return {
+        label: s.label,
+        stroke: s.color || COLORS[i % COLORS.length],
+        width: s.width || 1.5,
+        dash: s.dash,
+        spanGaps: true,
+        points: { show: false },
+        value: function (u, v) { return v == null ? "—" : (Math.abs(v) < 1e-3 && v !== 0 ? v.toExponential(3) : v.toPrecision(5)); },
+      };
+    }));
+    const u = new uPlot({
+      title: opts.title,
+      width: width,
+      height: 240,
+      series: series,
+      scales: { x: { time: false }, y: { distr: opts.log ? 3 : 1 } },
+      axes: [{ label: opts.xLabel || "" }, {}],
+      cursor: { drag: { x: true, y: false } },
+      legend: { live: true },
+    }, data, box);
+    return { u: u, box: box };
+  }
+
+  return { make: make, ema: ema, hasValues: hasValues, COLORS: COLORS };
+})();
