@@ -7,10 +7,12 @@
 
 use tch::{Tensor, nn};
 
+use super::ModelError;
 use super::attention::Attention;
 use super::drop_path::drop_path;
 use super::layers::LayerNorm;
 use super::mlp::Mlp;
+use super::wave::WaveAttention;
 
 /// Where the tokens of a sequence sit on the patch grid. A mixer that needs the
 /// spatial layout (wavelet attention) reads it from here.
@@ -30,19 +32,33 @@ pub struct TokenLayout<'a> {
 pub enum AttnKind {
     /// Plain multi-head self-attention.
     Plain,
+    /// Wave-ViT's wavelet attention (Wave-MAE), keys/values strided by `sr`.
+    Wave { sr: i64 },
 }
 
 /// The token mixer of a block.
 #[derive(Debug)]
 pub enum Mixer {
     Attention(Attention),
+    /// Boxed: it is ten times the size of the plain mixer.
+    Wave(Box<WaveAttention>),
 }
 
 impl Mixer {
     /// [B, N, D] -> [B, N, D]
-    pub fn forward(&self, x: &Tensor, _layout: &TokenLayout) -> Tensor {
+    pub fn forward(&self, x: &Tensor, layout: &TokenLayout, train: bool) -> Tensor {
         match self {
             Self::Attention(a) => a.forward(x),
+            Self::Wave(a) => {
+                let (h, w) = layout.grid;
+                // Its convs and BatchNorms hold fp32 weights: run it in fp32.
+                let x32 = x.to_kind(tch::Kind::Float);
+                let out = match layout.ids_keep {
+                    Some(ids) => a.forward_masked(&x32, ids, None, h, w, train),
+                    None => a.forward(&x32, h, w, train),
+                };
+                out.to_kind(x.kind())
+            }
         }
     }
 }
@@ -67,26 +83,36 @@ pub struct Block {
 }
 
 impl Block {
-    pub fn new(p: nn::Path, cfg: &BlockConfig) -> Self {
+    /// Fails only for wave attention on a width it cannot split (see
+    /// [`WaveAttention::new`]).
+    pub fn new(p: nn::Path, cfg: &BlockConfig) -> Result<Self, ModelError> {
         let attn = match cfg.attn {
             AttnKind::Plain => {
                 Mixer::Attention(Attention::new(&p / "attn", cfg.dim, cfg.num_heads))
             }
+            // Every sequence of the MAE family starts with the cls token.
+            AttnKind::Wave { sr } => Mixer::Wave(Box::new(WaveAttention::new(
+                &p / "attn",
+                cfg.dim,
+                cfg.num_heads,
+                sr,
+                1,
+            )?)),
         };
         let hidden = (cfg.dim as f64 * cfg.mlp_ratio) as i64;
-        Self {
+        Ok(Self {
             norm1: LayerNorm::new(&p / "norm1", cfg.dim),
             attn,
             norm2: LayerNorm::new(&p / "norm2", cfg.dim),
             mlp: Mlp::new(&p / "mlp", cfg.dim, hidden),
             drop_path: cfg.drop_path,
-        }
+        })
     }
 
     /// [B, N, D] -> [B, N, D]
     pub fn forward(&self, x: &Tensor, layout: &TokenLayout, train: bool) -> Tensor {
         let x = x + drop_path(
-            &self.attn.forward(&self.norm1.forward(x), layout),
+            &self.attn.forward(&self.norm1.forward(x), layout, train),
             self.drop_path,
             train,
         );

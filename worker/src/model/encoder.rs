@@ -68,7 +68,7 @@ impl Encoder {
                 };
                 Block::new(p / "blocks" / i, &cfg)
             })
-            .collect();
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             patch_embed,
             cls_token,

@@ -12,6 +12,7 @@ use super::layers::{LayerNorm, Linear};
 use super::masking::{Masked, random_masking};
 use super::patchify::{patchify, unpatchify};
 use super::pos_embed::sincos_2d_tensor;
+use crate::metrics::FrequencyLoss;
 use maelab_core::config::ModelShape;
 
 /// What a pretraining model needs besides its shape.
@@ -47,6 +48,8 @@ pub struct Mae {
     patch: i64,
     chans: i64,
     norm_pix_loss: bool,
+    /// The frequency-aware loss term (ml.md, "Wave-MAE"), off by default.
+    frequency_loss: Option<FrequencyLoss>,
 }
 
 impl Mae {
@@ -75,7 +78,7 @@ impl Mae {
                 };
                 Block::new(p / "decoder_blocks" / i, &cfg)
             })
-            .collect();
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             norm: LayerNorm::new(p / "norm", dim),
             decoder_embed: Linear::new(p / "decoder_embed", dim, dec),
@@ -99,7 +102,21 @@ impl Mae {
             patch,
             chans,
             norm_pix_loss: cfg.norm_pix_loss,
+            frequency_loss: None,
         })
+    }
+
+    /// Add `weight` times the Haar high-frequency sub-band loss over masked
+    /// patches to the pixel loss (`hf_loss_weight`); 0 leaves the loss as is.
+    pub fn with_hf_loss(mut self, weight: f64) -> Result<Self, ModelError> {
+        self.frequency_loss = if weight > 0.0 {
+            let fl = FrequencyLoss::new(self.patch, self.chans, weight, self.mask_token.device())
+                .map_err(|e| ModelError::Shape(e.to_string()))?;
+            Some(fl)
+        } else {
+            None
+        };
+        Ok(self)
     }
 
     pub fn patch_size(&self) -> i64 {
@@ -184,10 +201,14 @@ impl Mae {
     /// imgs [B, C, H, W], pred [B, L, p*p*C], mask [B, L] -> scalar.
     pub fn forward_loss(&self, imgs: &Tensor, pred: &Tensor, mask: &Tensor) -> Tensor {
         let target = self.loss_target(imgs);
-        let loss = (pred.to_kind(Kind::Float) - target)
-            .square()
-            .mean_dim(-1, false, Kind::Float); // [B, L]
-        (loss * mask).sum(Kind::Float) / mask.sum(Kind::Float)
+        let pred = pred.to_kind(Kind::Float);
+        match &self.frequency_loss {
+            Some(fl) => fl.loss(&pred, &target, mask),
+            None => {
+                let loss = (pred - target).square().mean_dim(-1, false, Kind::Float); // [B, L]
+                (loss * mask).sum(Kind::Float) / mask.sum(Kind::Float)
+            }
+        }
     }
 
     pub fn forward(

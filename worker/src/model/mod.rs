@@ -25,10 +25,8 @@ pub use mae::{Mae, MaeConfig, MaeOutput};
 pub enum ModelError {
     #[error("model shape: {0}")]
     Shape(String),
-    #[error(
-        "model = \"wave_mae\" needs Wave-ViT's wavelet attention, which is not built yet; use model = \"mae\""
-    )]
-    WaveNotAvailable,
+    #[error(transparent)]
+    Wave(#[from] wave::WaveError),
 }
 
 /// Trainable parameter count (what the official `n_parameters` counts).

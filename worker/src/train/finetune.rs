@@ -15,7 +15,8 @@ use super::{Outcome, TrainError, TrainOptions, build_optimizer, finish_epoch, re
 use crate::data::{Augment, Batch, Dataset, Loader, LoaderConfig};
 use crate::events::{EpochRow, Sink};
 use crate::model::encoder::compute_kind;
-use crate::model::{AttnKind, Classifier, n_parameters};
+use crate::model::wave::finetune_attn;
+use crate::model::{Classifier, n_parameters};
 
 /// Parameters of the classifier that a pretrain checkpoint does not have.
 pub fn is_head_parameter(name: &str) -> bool {
@@ -65,7 +66,12 @@ pub fn run(
     let kind = compute_kind(config.precision == Precision::Bf16);
     tch::manual_seed(config.seed as i64);
     let vs = nn::VarStore::new(device);
-    let model = Classifier::new(&vs.root(), &config.shape, config.drop_path, AttnKind::Plain)?;
+    let model = Classifier::new(
+        &vs.root(),
+        &config.shape,
+        config.drop_path,
+        finetune_attn(config),
+    )?;
     let n_params = n_parameters(&vs);
     let mut optim = build_optimizer(config, &vs);
     let (start, resumed) = resume(config, opts, &vs, &mut optim)?;

@@ -20,7 +20,7 @@ pub mod schedule;
 
 use std::path::{Path, PathBuf};
 
-use maelab_core::config::{ConfigErrors, ModelKind, Precision, RunConfig, RunKind};
+use maelab_core::config::{ConfigErrors, Precision, RunConfig, RunKind};
 use tch::Device;
 
 use crate::data::{DataError, Dataset, Split};
@@ -93,9 +93,6 @@ pub fn run(
     sink: &mut dyn Sink,
 ) -> Result<Outcome, TrainError> {
     config.validate()?;
-    if config.model == ModelKind::WaveMae {
-        return Err(ModelError::WaveNotAvailable.into());
-    }
     if config.precision == Precision::Bf16 && !opts.device.is_cuda() {
         return Err(TrainError::Bf16NeedsCuda);
     }

@@ -16,9 +16,11 @@ use super::{
 };
 use crate::data::{Augment, Dataset, Loader, LoaderConfig, to_tensor};
 use crate::events::{EpochRow, Image, Sink};
+use crate::metrics::sharpness;
 use crate::model::encoder::compute_kind;
 use crate::model::masking::masking_noise;
-use crate::model::{AttnKind, Mae, MaeConfig, n_parameters};
+use crate::model::wave::pretrain_attn;
+use crate::model::{Mae, MaeConfig, n_parameters};
 
 /// Seed of the fixed reconstruction set (the same images in every run).
 const RECON_SEED: u64 = 0;
@@ -34,15 +36,17 @@ pub fn run(
     let kind = compute_kind(config.precision == Precision::Bf16);
     tch::manual_seed(config.seed as i64);
     let vs = nn::VarStore::new(device);
+    let (encoder_attn, decoder_attn) = pretrain_attn(config);
     let mae = Mae::new(
         &vs.root(),
         &MaeConfig {
             shape: config.shape.clone(),
             norm_pix_loss: config.norm_pix_loss,
-            encoder_attn: AttnKind::Plain,
-            decoder_attn: AttnKind::Plain,
+            encoder_attn,
+            decoder_attn,
         },
-    )?;
+    )?
+    .with_hf_loss(config.hf_loss_weight)?;
     let n_params = n_parameters(&vs);
     tracing::info!(n_parameters = n_params, "MAE built");
     let mut optim = build_optimizer(config, &vs);
@@ -96,6 +100,15 @@ pub fn run(
             &recon_noise,
             config.norm_pix_loss,
         );
+        // Blur, measured: PSNR and HF energy ratio over the masked patches.
+        let sharp = sharpness(
+            &recon.reconstruction,
+            &recon.original,
+            &recon.mask,
+            mae.patch_size(),
+        )
+        .inspect_err(|e| tracing::warn!("sharpness metrics skipped: {e}"))
+        .ok();
         let image = Image {
             epoch,
             name: format!("recon-epoch-{epoch:04}.png"),
@@ -109,8 +122,8 @@ pub fn run(
             test_acc1: None,
             test_acc5: None,
             n_parameters: n_params,
-            psnr: None,
-            hf_ratio: None,
+            psnr: sharp.map(|s| s.psnr),
+            hf_ratio: sharp.map(|s| s.hf_ratio),
             epoch_seconds: start_time.elapsed().as_secs_f64(),
             images_per_second: stats.images as f64 / stats.seconds.max(1e-9),
         };

@@ -26,3 +26,38 @@ pub enum WaveError {
     )]
     Grid { h: i64, w: i64, sr: i64 },
 }
+
+use maelab_core::config::{ModelKind, RunConfig};
+
+use super::AttnKind;
+
+/// The token mixers of the pretraining MAE of `config`, (encoder, decoder):
+/// wave attention where `wave_in` puts it, plain attention elsewhere.
+pub fn pretrain_attn(config: &RunConfig) -> (AttnKind, AttnKind) {
+    let wave = AttnKind::Wave {
+        sr: i64::from(config.wave_sr),
+    };
+    match (config.model, config.wave_in) {
+        (ModelKind::WaveMae, Some(w)) => (
+            if w.in_encoder() {
+                wave
+            } else {
+                AttnKind::Plain
+            },
+            if w.in_decoder() {
+                wave
+            } else {
+                AttnKind::Plain
+            },
+        ),
+        _ => (AttnKind::Plain, AttnKind::Plain),
+    }
+}
+
+/// The classifier's mixer for `config`: the encoder keeps the mixer it was
+/// pretrained with (wave attention when `wave_in` is encoder or both), now on
+/// the whole grid since finetuning masks nothing. The decoder is dropped, so
+/// `wave_in = decoder` finetunes a plain ViT.
+pub fn finetune_attn(config: &RunConfig) -> AttnKind {
+    pretrain_attn(config).0
+}
