@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use crate::data::{self, Split};
+use crate::data::{self, Augment, FinetuneAugment, Loader, LoaderConfig, Split};
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -40,6 +40,10 @@ pub struct PrepareArgs {
     spec: String,
     #[command(flatten)]
     cache: CacheArgs,
+    /// Also time one epoch of the finetune loader (the heaviest augmentation)
+    /// over the training split on this many threads.
+    #[arg(long, value_name = "THREADS")]
+    time_loader: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -72,6 +76,7 @@ fn download(args: DownloadArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
+    let mut train = None;
     for split in [Split::Train, Split::Test] {
         let started = Instant::now();
         let (ds, info) = data::open_with_info(&args.spec, split, &args.cache.cache_dir)
@@ -97,6 +102,38 @@ fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
             info.cache_file.display(),
         );
         println!("  classes: {counts}");
+        if split == Split::Train {
+            train = Some(ds);
+        }
+    }
+    if let (Some(threads), Some(ds)) = (args.time_loader, train) {
+        time_loader(ds, threads)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One epoch of finetune batches (crop, flip, erasing, mixup/cutmix) at
+/// batch 128, to show whether the loader can keep up with training.
+fn time_loader(ds: data::Dataset, threads: usize) -> anyhow::Result<()> {
+    let num_classes = ds.classes.len();
+    let images = ds.len();
+    let cfg = LoaderConfig {
+        batch_size: 128,
+        shuffle: true,
+        drop_last: false,
+        seed: 0,
+        epoch: 0,
+        augment: Augment::Finetune(FinetuneAugment::recipe(num_classes)),
+        threads,
+        prefetch: 4,
+    };
+    let started = Instant::now();
+    let loader = Loader::try_new(std::sync::Arc::new(ds), cfg).context("starting the loader")?;
+    let batches = loader.count();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "loader: {batches} finetune batches of 128 on {threads} threads in {secs:.2}s ({:.0} images/s)",
+        images as f64 / secs
+    );
+    Ok(())
 }
