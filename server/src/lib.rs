@@ -1,8 +1,11 @@
 //! maelab-server: the web pages, the REST API and the `maelab` CLI. It reads
 //! and writes PostgreSQL through `maelab-core` and never links libtorch.
 
+pub mod auth;
+pub mod cli;
 pub mod embedded_pg;
 pub mod http;
+pub mod read_model;
 pub mod live;
 pub mod serve;
 pub mod settings;

@@ -21,6 +21,9 @@ struct Cli {
 enum Command {
     /// Run the web server and REST API.
     Serve(ServeSettings),
+    /// Client commands (submit, runs, cancel, watch, token).
+    #[command(flatten)]
+    Client(maelab_server::cli::ClientCommand),
 }
 
 /// Exit code for usage and connection errors (documented in the README).
@@ -29,9 +32,17 @@ const EXIT_USAGE: u8 = 3;
 #[tokio::main]
 async fn main() -> ExitCode {
     maelab_server::telemetry::init();
-    let cli = Cli::parse();
+    // Usage errors exit 3 (clap's own 2 means "a bar was missed" here).
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
     let result = match cli.command {
         Command::Serve(settings) => serve(settings).await,
+        Command::Client(command) => return maelab_server::cli::run(command).await,
     };
     match result {
         Ok(code) => code,

@@ -1,6 +1,7 @@
 //! The HTTP side: one [`AppState`], one router built by [`app`], modules that
 //! each contribute their routes.
 
+pub mod api;
 mod error;
 mod health;
 pub mod pages;
@@ -42,6 +43,8 @@ pub fn app(state: AppState) -> Router {
     let static_files = ServeDir::new(&state.settings.static_dir);
     Router::new()
         .route("/healthz", get(health::healthz))
+        .merge(api::router())
+        .merge(crate::auth::session::router())
         .merge(pages::router())
         .nest_service("/static", static_files)
         .layer(CompressionLayer::new())

@@ -1,0 +1,77 @@
+//! The `maelab` client commands a CI pipeline uses: `submit`, `runs
+//! list|show|export`, `cancel`, `watch`, and the operator's `token
+//! create|list|revoke`.
+//!
+//! Exit codes (documented in `maelab --help` and the README), so a pipeline
+//! can branch on them:
+//! - 0: done; the run succeeded and met every `--fail-under` bar;
+//! - 1: the run failed or was cancelled;
+//! - 2: the run succeeded but missed a `--fail-under` bar;
+//! - 3: usage error, invalid config, refused request, or no connection.
+
+mod client;
+mod runs;
+mod submit;
+mod tokens;
+mod watch;
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+pub use client::{ApiError, Client};
+
+/// The run succeeded (and met its bars).
+pub const EXIT_OK: u8 = 0;
+/// The run failed or was cancelled.
+pub const EXIT_RUN_FAILED: u8 = 1;
+/// The run succeeded but missed a `--fail-under` bar.
+pub const EXIT_BAR_MISSED: u8 = 2;
+/// Usage error, invalid config, refused request or no connection.
+pub const EXIT_USAGE: u8 = 3;
+
+/// Where the server is and who we are.
+#[derive(Debug, Clone, Args)]
+pub struct Conn {
+    /// Server URL.
+    #[arg(long, env = "MAELAB_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// API token (`maelab token create --name ci`); needed for writes.
+    #[arg(long, env = "MAELAB_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// The client subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Submit a run from a TOML config; with --wait, wait for it to finish.
+    Submit(submit::SubmitArgs),
+    /// List, show or export runs.
+    #[command(subcommand)]
+    Runs(runs::RunsCommand),
+    /// Cancel a queued or running run.
+    Cancel(runs::CancelArgs),
+    /// Follow a run: one line per epoch and a progress bar, until it ends.
+    Watch(watch::WatchArgs),
+    /// Create, list or revoke API tokens (talks to the database directly).
+    #[command(subcommand)]
+    Token(tokens::TokenCommand),
+}
+
+/// Run a client command and turn its outcome into the documented exit code.
+pub async fn run(command: ClientCommand) -> ExitCode {
+    let result = match command {
+        ClientCommand::Submit(a) => submit::run(a).await,
+        ClientCommand::Runs(c) => runs::run(c).await,
+        ClientCommand::Cancel(a) => runs::cancel(a).await,
+        ClientCommand::Watch(a) => watch::run(a).await,
+        ClientCommand::Token(c) => tokens::run(c).await,
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Artifacts of a run: the list (metadata only) and downloads (stored bytes,
+//! or `log.txt` generated from the epoch rows in the MAE format).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE, ETAG, X_CONTENT_TYPE_OPTIONS};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use super::extract::StrictQuery;
+use super::paths::{ArtifactPath, RunPath};
+use crate::auth::ReadAccess;
+use crate::http::{AppError, AppState};
+use crate::read_model::artifacts::{self, ArtifactInfo};
+use crate::read_model::runs::run_exists;
+
+/// Query of `GET …/artifacts`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactQuery {
+    /// `reconstruction`, `checkpoint` or `log`.
+    pub kind: Option<String>,
+}
+
+/// `GET /api/v1/runs/{run_id}/artifacts`.
+pub async fn list(
+    _: ReadAccess,
+    State(state): State<AppState>,
+    RunPath(run_id): RunPath,
+    StrictQuery(q): StrictQuery<ArtifactQuery>,
+) -> Result<Json<Vec<ArtifactInfo>>, AppError> {
+    if !run_exists(&state.db, run_id).await? {
+        return Err(AppError::NotFound(format!("run {run_id}")));
+    }
+    Ok(Json(
+        artifacts::list(&state.db, run_id, q.kind.as_deref()).await?,
+    ))
+}
+
+/// `GET /api/v1/runs/{run_id}/artifacts/{name}`: the bytes, as an attachment
+/// with the stored media type (never sniffed) and the sha256 as ETag.
+pub async fn download(
+    _: ReadAccess,
+    State(state): State<AppState>,
+    ArtifactPath(run_id, name): ArtifactPath,
+) -> Result<Response, AppError> {
+    let file = artifacts::fetch(&state.db, run_id, &name)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("artifact {name} of run {run_id}")))?;
+    // `name` passed the schema's alphabet check, so it is safe in the header.
+    let disposition = format!("attachment; filename=\"{name}\"");
+    let mut response = (
+        [
+            (CONTENT_TYPE, file.info.media_type.clone()),
+            (CONTENT_DISPOSITION, disposition),
+            (X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
+        ],
+        file.bytes,
+    )
+        .into_response();
+    if let Some(sha) = file.info.sha256
+        && let Ok(v) = format!("\"{sha}\"").parse()
+    {
+        response.headers_mut().insert(ETAG, v);
+    }
+    Ok(response)
+}

@@ -1,0 +1,357 @@
+//! The REST API under `/api/v1`.
+//!
+//! One table, [`ROUTES`], lists every endpoint with its method, path,
+//! parameters and answers; [`router`] mounts exactly that table and
+//! [`openapi::document`] describes exactly that table, so the OpenAPI document
+//! cannot drift from the handlers (a test also sends every documented route
+//! through the router).
+
+pub mod artifacts;
+pub mod events;
+pub mod extract;
+pub mod metrics;
+pub mod openapi;
+pub mod paths;
+pub mod queue;
+pub mod runs;
+pub mod workers;
+
+use axum::Router;
+use axum::http::Uri;
+use axum::routing::{MethodFilter, MethodRouter, get, on};
+use serde_json::{Value, json};
+
+use super::{AppError, AppState};
+use crate::read_model::ReadError;
+
+impl From<ReadError> for AppError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Invalid { field, reason } => Self::bad_request(field, reason),
+            ReadError::Db(e) => e.into(),
+        }
+    }
+}
+
+/// HTTP methods the API uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Get,
+    Post,
+}
+
+impl Verb {
+    pub fn filter(self) -> MethodFilter {
+        match self {
+            Self::Get => MethodFilter::GET,
+            Self::Post => MethodFilter::POST,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "get",
+            Self::Post => "post",
+        }
+    }
+}
+
+/// A query parameter as the document describes it.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryParam {
+    pub name: &'static str,
+    /// JSON schema of the value.
+    pub schema: fn() -> Value,
+    pub description: &'static str,
+}
+
+/// One endpoint: how it is routed and how it is documented.
+pub struct ApiRoute {
+    pub verb: Verb,
+    /// axum syntax (`{run_id}`), which is also OpenAPI's.
+    pub path: &'static str,
+    pub operation_id: &'static str,
+    pub summary: &'static str,
+    /// Needs a token (always), or only when reads are closed.
+    pub write: bool,
+    pub query: &'static [QueryParam],
+    /// JSON schema of the request body, if it takes one.
+    pub body: Option<fn() -> Value>,
+    /// Success status, media type and JSON schema of the answer.
+    pub ok: (u16, &'static str, fn() -> Value),
+    /// Error statuses it can answer besides the common ones (401, 400).
+    pub errors: &'static [u16],
+    /// Builds the handler for the given method.
+    pub handler: fn(MethodFilter) -> MethodRouter<AppState>,
+}
+
+fn s_string() -> Value {
+    json!({"type": "string"})
+}
+fn s_int() -> Value {
+    json!({"type": "integer", "format": "int32", "minimum": -2147483648_i64, "maximum": 2147483647})
+}
+fn s_limit() -> Value {
+    json!({"type": "integer", "format": "int64"})
+}
+fn s_bool() -> Value {
+    json!({"type": "boolean"})
+}
+fn s_enum(values: &[&str]) -> Value {
+    json!({"type": "string", "enum": values})
+}
+fn s_ref(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+fn s_array_of(name: &str) -> Value {
+    json!({"type": "array", "items": s_ref(name)})
+}
+
+const RUN_QUERY: &[QueryParam] = &[
+    QueryParam {
+        name: "status",
+        schema: || s_enum(crate::read_model::RUN_STATUSES),
+        description: "Only runs with this status.",
+    },
+    QueryParam {
+        name: "model",
+        schema: || s_enum(crate::read_model::MODELS),
+        description: "Only runs of this model.",
+    },
+    QueryParam {
+        name: "kind",
+        schema: || s_enum(crate::read_model::RUN_KINDS),
+        description: "Only pretrain or finetune runs.",
+    },
+    QueryParam {
+        name: "tag",
+        schema: s_string,
+        description: "Only runs carrying this tag.",
+    },
+    QueryParam {
+        name: "q",
+        schema: s_string,
+        description: "Case-insensitive search in name, preset, tags and id.",
+    },
+    QueryParam {
+        name: "sort",
+        schema: || s_enum(crate::read_model::RunSort::ALL),
+        description: "Column to sort by (default created_at).",
+    },
+    QueryParam {
+        name: "order",
+        schema: || s_enum(&["asc", "desc"]),
+        description: "Sort direction (default desc).",
+    },
+    QueryParam {
+        name: "limit",
+        schema: s_limit,
+        description: "Rows per page, 1-500 (default 50).",
+    },
+    QueryParam {
+        name: "offset",
+        schema: s_limit,
+        description: "Rows to skip (default 0).",
+    },
+];
+
+/// Every endpoint of the API.
+pub static ROUTES: &[ApiRoute] = &[
+    ApiRoute {
+        verb: Verb::Post,
+        path: "/api/v1/runs",
+        operation_id: "createRun",
+        summary: "Submit a run: its config as JSON; validated like the worker validates it.",
+        write: true,
+        query: &[],
+        body: Some(|| s_ref("RunConfigInput")),
+        ok: (201, "application/json", || s_ref("RunDetail")),
+        errors: &[403, 413, 415, 422],
+        handler: |m| on(m, runs::create),
+    },
+    ApiRoute {
+        verb: Verb::Get,
+        path: "/api/v1/runs",
+        operation_id: "listRuns",
+        summary: "List runs with filters, search, sorting and pagination.",
+        write: false,
+        query: RUN_QUERY,
+        body: None,
+        ok: (200, "application/json", || s_ref("RunPage")),
+        errors: &[],
+        handler: |m| on(m, runs::list),
+    },
+    ApiRoute {
+        verb: Verb::Get,
+        path: "/api/v1/runs/{run_id}",
+        operation_id: "getRun",
+        summary: "One run: status, progress, best top-1, worker, queue position, config.",
+        write: false,
+        query: &[],
+        body: None,
+        ok: (200, "application/json", || s_ref("RunDetail")),
+        errors: &[404],
+        handler: |m| on(m, runs::get),
+    },
+    ApiRoute {
+        verb: Verb::Post,
+        path: "/api/v1/runs/{run_id}/cancel",
+        operation_id: "cancelRun",
+        summary: "Cancel a queued (at once) or running (within a heartbeat) run.",
+        write: true,
+        query: &[],
+        body: None,
+        ok: (200, "application/json", || json!({"type": "object"})),
+        errors: &[403, 404, 409],
+        handler: |m| on(m, runs::cancel),
+    },
+    ApiRoute {
+        verb: Verb::Post,
+        path: "/api/v1/runs/{run_id}/retry",
+        operation_id: "retryRun",
+        summary: "Requeue a failed or cancelled run; it resumes from its last checkpoint.",
+        write: true,
+        query: &[],
+        body: None,
+        ok: (200, "application/json", || s_ref("RunDetail")),
+        errors: &[403, 404, 409],
+        handler: |m| on(m, runs::retry),
+    },
+    ApiRoute {
+        verb: Verb::Get,
+        path: "/api/v1/runs/{run_id}/epochs",
+        operation_id: "getEpochs",
+        summary: "Epoch metrics as JSON, or CSV with format=csv or Accept: text/csv.",
+        write: false,
+        query: &[
+            QueryParam {
+                name: "format",
+                schema: || s_enum(&["json", "csv"]),
+                description: "json (default) or csv.",
+            },
+            QueryParam {
+                name: "after",
+                schema: s_int,
+                description: "Only epochs after this one.",
+            },
+        ],
+        body: None,
+        ok: (200, "application/json", || s_array_of("EpochRow")),
+        errors: &[404],
+        handler: |m| on(m, metrics::epochs),
+    },
+    ApiRoute {
+        verb: Verb::Get,
+        path: "/api/v1/runs/{run_id}/steps",
+        operation_id: "getSteps",
+        summary: "Sampled training steps, after a step to resume a live chart.",
+        write: false,
+        query: &[
+            QueryParam {
+                name: "after",
+                schema: s_int,
+                description: "Only steps after this one.",
+            },
+            QueryParam {
+                name: "limit",
+                schema: s_limit,
+                description: "At most this many rows (1-20000).",
+            },
+        ],
+        body: None,
+        ok: (200, "application/json", || s_array_of("StepRow")),
+        errors: &[404],
+        handler: |m| on(m, metrics::steps),
+    },
+    ApiRoute {
+        verb: Verb::Get,
+        path: "/api/v1/runs/{run_id}/events",
+        operation_id: "runEvents",
+        summary: "Server-sent events: `status` changes and `epoch` rows; resume with Last-Event-ID.",
+        write: false,
+        query: &[],
+        body: None,
+        ok: (200, "text/event-stream", || json!({"type": "string"})),
+        errors: &[404],
+        handler: |m| on(m, events::events),
+    },
+    ApiRoute {
+        verb: Verb::Get,
+        path: "/api/v1/runs/{run_id}/artifacts",
+        operation_id: "listArtifacts",
+        summary: "Reconstructions, checkpoints and log.txt of a run (metadata).",
+        write: false,
+        query: &[QueryParam {
+            name: "kind",
+            schema: || s_enum(&["reconstruction", "checkpoint", "log"]),
+            description: "Only this kind.",
+        }],
+        body: None,
+        ok: (200, "application/json", || s_array_of("ArtifactInfo")),
+        errors: &[404],
+        handler: |m| on(m, artifacts::list),
+    },
+    ApiRoute {
+        verb: Verb::Get,
+        path: "/api/v1/runs/{run_id}/artifacts/{name}",
+        operation_id: "downloadArtifact",
+        summary: "Download one artifact; log.txt is generated from the epoch rows (MAE format).",
+        write: false,
+        query: &[],
+        body: None,
+        ok: (
+            200,
+            "application/octet-stream",
+            || json!({"type": "string", "format": "binary"}),
+        ),
+        errors: &[404],
+        handler: |m| on(m, artifacts::download),
+    },
+    ApiRoute {
+        verb: Verb::Get,
+        path: "/api/v1/workers",
+        operation_id: "listWorkers",
+        summary: "Worker processes: host, device, GPU, last seen, current job.",
+        write: false,
+        query: &[QueryParam {
+            name: "include_stopped",
+            schema: s_bool,
+            description: "Also list workers that exited.",
+        }],
+        body: None,
+        ok: (200, "application/json", || s_array_of("Worker")),
+        errors: &[],
+        handler: |m| on(m, workers::list),
+    },
+    ApiRoute {
+        verb: Verb::Get,
+        path: "/api/v1/queue",
+        operation_id: "getQueue",
+        summary: "Queued jobs in claim order with positions; running jobs with their worker.",
+        write: false,
+        query: &[QueryParam {
+            name: "limit",
+            schema: s_limit,
+            description: "Queued jobs shown (1-10000, default 500).",
+        }],
+        body: None,
+        ok: (200, "application/json", || s_ref("Queue")),
+        errors: &[],
+        handler: |m| on(m, queue::view),
+    },
+];
+
+/// Answer for any other path under `/api/v1`: a JSON 404, not an empty page.
+async fn not_found(uri: Uri) -> AppError {
+    AppError::NotFound(format!("no API endpoint at {}", uri.path()))
+}
+
+/// The API's routes, to be merged into [`crate::http::app`].
+pub fn router() -> Router<AppState> {
+    let mut router = Router::new();
+    for route in ROUTES {
+        router = router.route(route.path, (route.handler)(route.verb.filter()));
+    }
+    router
+        .route(openapi::PATH, get(openapi::serve))
+        .route("/api/v1/{*rest}", get(not_found).post(not_found))
+}

@@ -1,0 +1,123 @@
+//! `/api/v1/runs`: create (the config as JSON, validated by the same
+//! `RunConfig` code the worker uses), list, get, cancel, retry. Creation and
+//! transitions go through `maelab_core::db::runs`, which owns the run and job
+//! writes; this module only translates HTTP.
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::header::LOCATION;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use maelab_core::db::queue::CancelOutcome;
+use maelab_core::db::runs::{self, RunError};
+use maelab_core::{ConfigErrors, RunConfig};
+use serde::Serialize;
+
+use super::extract::{self, StrictQuery};
+use super::paths::RunPath;
+use crate::auth::{ReadAccess, WriteAccess};
+use crate::http::{AppError, AppState};
+use crate::read_model::{self, RunDetail, RunFilter, RunPage};
+
+impl From<RunError> for AppError {
+    fn from(e: RunError) -> Self {
+        match e {
+            RunError::Invalid(errors) => Self::Invalid(errors),
+            RunError::NotFound(id) => Self::NotFound(format!("run {id}")),
+            RunError::Conflict(m) => Self::Conflict(m),
+            RunError::Db(e) => e.into(),
+        }
+    }
+}
+
+/// Give every validation error a field: serde names an unknown key only in
+/// its message.
+fn with_fields(errors: ConfigErrors) -> ConfigErrors {
+    ConfigErrors(
+        errors
+            .0
+            .into_iter()
+            .map(|mut e| {
+                e.field = extract::field_of(&e.field, &e.reason);
+                e
+            })
+            .collect(),
+    )
+}
+
+async fn detail(state: &AppState, run_id: uuid::Uuid) -> Result<RunDetail, AppError> {
+    read_model::runs::get_run(&state.db, run_id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("run {run_id}")))
+}
+
+/// `POST /api/v1/runs`: 201 with the run and its `Location`.
+pub async fn create(
+    WriteAccess(token): WriteAccess,
+    State(state): State<AppState>,
+    req: Request,
+) -> Result<Response, AppError> {
+    let value = extract::json_value(req, state.settings.body_limit).await?;
+    let config =
+        RunConfig::from_json_value(value).map_err(|e| AppError::Invalid(with_fields(e)))?;
+    let created = runs::create_run(&state.db, &config, Some(&token.name)).await?;
+    let run = detail(&state, created.run_id).await?;
+    let mut response = (StatusCode::CREATED, Json(run)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/runs/{}", created.run_id)) {
+        response.headers_mut().insert(LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// `GET /api/v1/runs`: filters, search, sort, pagination (see [`RunFilter`]).
+pub async fn list(
+    _: ReadAccess,
+    State(state): State<AppState>,
+    StrictQuery(filter): StrictQuery<RunFilter>,
+) -> Result<Json<RunPage>, AppError> {
+    Ok(Json(read_model::runs::list_runs(&state.db, &filter).await?))
+}
+
+/// `GET /api/v1/runs/{run_id}`.
+pub async fn get(
+    _: ReadAccess,
+    State(state): State<AppState>,
+    RunPath(run_id): RunPath,
+) -> Result<Json<RunDetail>, AppError> {
+    Ok(Json(detail(&state, run_id).await?))
+}
+
+/// The answer to a cancel.
+#[derive(Debug, Serialize)]
+pub struct Cancelled {
+    /// `cancelled` (it was queued) or `requested` (the worker stops at its
+    /// next heartbeat).
+    pub outcome: &'static str,
+    pub run: RunDetail,
+}
+
+/// `POST /api/v1/runs/{run_id}/cancel`: 409 when the run has finished.
+pub async fn cancel(
+    _: WriteAccess,
+    State(state): State<AppState>,
+    RunPath(run_id): RunPath,
+) -> Result<(StatusCode, Json<Cancelled>), AppError> {
+    let outcome = runs::cancel_run(&state.db, run_id).await?;
+    let (status, outcome) = match outcome {
+        CancelOutcome::Cancelled => (StatusCode::OK, "cancelled"),
+        CancelOutcome::Requested => (StatusCode::ACCEPTED, "requested"),
+    };
+    let run = detail(&state, run_id).await?;
+    Ok((status, Json(Cancelled { outcome, run })))
+}
+
+/// `POST /api/v1/runs/{run_id}/retry`: requeue a failed or cancelled run; 409
+/// otherwise.
+pub async fn retry(
+    _: WriteAccess,
+    State(state): State<AppState>,
+    RunPath(run_id): RunPath,
+) -> Result<Json<RunDetail>, AppError> {
+    runs::retry_run(&state.db, run_id).await?;
+    Ok(Json(detail(&state, run_id).await?))
+}

@@ -1,0 +1,368 @@
+//! Runs as the lists and detail views show them: the run row joined with its
+//! job, its worker and aggregates of its epoch rows (epochs done, best top-1
+//! and top-5, last training loss), with filters, text search, sorting by any
+//! shown column and pagination.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use super::{MODELS, RUN_KINDS, RUN_STATUSES, ReadError};
+
+/// Rows per page when none is asked for, and the most one page may hold.
+pub const DEFAULT_LIMIT: i64 = 50;
+pub const MAX_LIMIT: i64 = 500;
+
+/// Columns a run list can be sorted by (every column the runs page shows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunSort {
+    #[default]
+    CreatedAt,
+    Name,
+    Status,
+    Model,
+    Kind,
+    Preset,
+    EpochsDone,
+    EpochsTotal,
+    BestAcc1,
+    BestAcc5,
+    LastLoss,
+    Duration,
+    Worker,
+    StartedAt,
+    FinishedAt,
+}
+
+impl RunSort {
+    /// Every sort key, as the API spells it (for the OpenAPI enum).
+    pub const ALL: &'static [&'static str] = &[
+        "created_at",
+        "name",
+        "status",
+        "model",
+        "kind",
+        "preset",
+        "epochs_done",
+        "epochs_total",
+        "best_acc1",
+        "best_acc5",
+        "last_loss",
+        "duration",
+        "worker",
+        "started_at",
+        "finished_at",
+    ];
+
+    /// The SQL expression over the list query's columns. A closed set of
+    /// literals: nothing the caller typed reaches the SQL text.
+    fn sql(self) -> &'static str {
+        match self {
+            Self::CreatedAt => "created_at",
+            Self::Name => "lower(name)",
+            Self::Status => "status",
+            Self::Model => "model",
+            Self::Kind => "kind",
+            Self::Preset => "preset",
+            Self::EpochsDone => "epochs_done",
+            Self::EpochsTotal => "epochs_total",
+            Self::BestAcc1 => "best_acc1",
+            Self::BestAcc5 => "best_acc5",
+            Self::LastLoss => "last_loss",
+            Self::Duration => "duration_seconds",
+            Self::Worker => "worker_name",
+            Self::StartedAt => "started_at",
+            Self::FinishedAt => "finished_at",
+        }
+    }
+}
+
+/// Ascending or descending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SortOrder {
+    Asc,
+    #[default]
+    Desc,
+}
+
+/// What a run list shows: every field optional; the query string of
+/// `GET /api/v1/runs` and of the runs page deserialises into it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunFilter {
+    /// One of [`RUN_STATUSES`].
+    pub status: Option<String>,
+    /// `mae` or `wave_mae`.
+    pub model: Option<String>,
+    /// `pretrain` or `finetune`.
+    pub kind: Option<String>,
+    /// Runs carrying this tag.
+    pub tag: Option<String>,
+    /// Case-insensitive text search over name, preset, tags and id.
+    pub q: Option<String>,
+    pub sort: Option<RunSort>,
+    pub order: Option<SortOrder>,
+    /// Rows per page, 1..=[`MAX_LIMIT`] (default [`DEFAULT_LIMIT`]).
+    pub limit: Option<i64>,
+    /// Rows skipped, >= 0.
+    pub offset: Option<i64>,
+}
+
+/// One row of a run list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub run_id: Uuid,
+    pub name: String,
+    pub kind: String,
+    pub model: String,
+    pub preset: String,
+    pub status: String,
+    pub tags: Vec<String>,
+    pub epochs_done: i64,
+    pub epochs_total: i32,
+    /// Highest test top-1 over the run's epochs (finetunes), percent.
+    pub best_acc1: Option<f64>,
+    pub best_acc5: Option<f64>,
+    /// Training loss of the newest epoch row.
+    pub last_loss: Option<f64>,
+    pub n_parameters: Option<i64>,
+    /// Seconds from start to finish (to now while running); None until started.
+    pub duration_seconds: Option<f64>,
+    /// Name of the worker holding (or that last held) the run's job.
+    pub worker: Option<String>,
+    pub error: Option<String>,
+    pub created_by: Option<String>,
+    pub parent_run_id: Option<Uuid>,
+    pub parent_epoch: Option<i32>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// One page of runs and how many match in all.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunPage {
+    pub runs: Vec<RunSummary>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// A run with everything its page shows above the charts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunDetail {
+    #[serde(flatten)]
+    pub summary: RunSummary,
+    /// The resolved, validated config the worker trains.
+    pub config: serde_json::Value,
+    pub job_id: Option<i64>,
+    pub job_state: Option<String>,
+    pub attempt: Option<i32>,
+    pub max_attempts: Option<i32>,
+    pub cancel_requested: Option<bool>,
+    pub worker_id: Option<Uuid>,
+    pub heartbeat_at: Option<DateTime<Utc>>,
+    /// The epoch a requeued attempt resumes after.
+    pub checkpoint_epoch: Option<i32>,
+    /// 1-based place on the queue while queued.
+    pub queue_position: Option<i64>,
+}
+
+/// The columns of a run list row; `r`, `j`, `w` and `m` are joined below.
+const SUMMARY_SELECT: &str = "
+    select r.run_id, r.name, r.kind::text as kind, r.model, r.preset, r.status::text as status,
+           r.tags, r.epochs_total, r.n_parameters, r.error, r.created_by, r.parent_run_id,
+           r.parent_epoch, r.created_at, r.started_at, r.finished_at,
+           coalesce(m.epochs_done, 0) as epochs_done, m.best_acc1, m.best_acc5, m.last_loss,
+           extract(epoch from (coalesce(r.finished_at, now()) - r.started_at))::float8
+               as duration_seconds,
+           w.name as worker_name,
+           j.job_id, j.state::text as job_state, j.attempt, j.max_attempts, j.cancel_requested,
+           j.worker_id, j.heartbeat_at, j.checkpoint_epoch, j.priority, j.enqueued_at
+    from run r
+    left join job j on j.run_id = r.run_id
+    left join worker w on w.worker_id = j.worker_id
+    left join lateral (
+        select count(*) as epochs_done, max(e.test_acc1) as best_acc1,
+               max(e.test_acc5) as best_acc5,
+               (array_agg(e.train_loss order by e.epoch desc))[1] as last_loss
+        from epoch_metric e where e.run_id = r.run_id
+    ) m on true";
+
+fn summary_from(row: &PgRow) -> Result<RunSummary, sqlx::Error> {
+    Ok(RunSummary {
+        run_id: row.try_get("run_id")?,
+        name: row.try_get("name")?,
+        kind: row.try_get("kind")?,
+        model: row.try_get("model")?,
+        preset: row.try_get("preset")?,
+        status: row.try_get("status")?,
+        tags: row.try_get("tags")?,
+        epochs_done: row.try_get("epochs_done")?,
+        epochs_total: row.try_get("epochs_total")?,
+        best_acc1: row.try_get("best_acc1")?,
+        best_acc5: row.try_get("best_acc5")?,
+        last_loss: row.try_get("last_loss")?,
+        n_parameters: row.try_get("n_parameters")?,
+        duration_seconds: row.try_get("duration_seconds")?,
+        worker: row.try_get("worker_name")?,
+        error: row.try_get("error")?,
+        created_by: row.try_get("created_by")?,
+        parent_run_id: row.try_get("parent_run_id")?,
+        parent_epoch: row.try_get("parent_epoch")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+/// Check the filter against the closed sets the schema allows, so a bad value
+/// is a 400 naming the parameter rather than a database cast error.
+fn checked(filter: &RunFilter) -> Result<(i64, i64), ReadError> {
+    let one_of = |field: &'static str, value: &Option<String>, allowed: &[&str]| match value {
+        Some(v) if !allowed.contains(&v.as_str()) => Err(ReadError::invalid(
+            field,
+            format!("`{v}` is not one of {}", allowed.join(", ")),
+        )),
+        _ => Ok(()),
+    };
+    one_of("status", &filter.status, RUN_STATUSES)?;
+    one_of("model", &filter.model, MODELS)?;
+    one_of("kind", &filter.kind, RUN_KINDS)?;
+    let limit = filter.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ReadError::invalid(
+            "limit",
+            format!("must be between 1 and {MAX_LIMIT}"),
+        ));
+    }
+    let offset = filter.offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(ReadError::invalid("offset", "must not be negative"));
+    }
+    for (field, text) in [("tag", &filter.tag), ("q", &filter.q)] {
+        if text.as_deref().is_some_and(|t| t.contains('\0')) {
+            return Err(ReadError::invalid(field, "must not contain NUL characters"));
+        }
+    }
+    Ok((limit, offset))
+}
+
+/// One page of runs matching `filter`, sorted as asked (ties broken by
+/// newest first, then id, so pages never overlap).
+pub async fn list_runs(pool: &PgPool, filter: &RunFilter) -> Result<RunPage, ReadError> {
+    let (limit, offset) = checked(filter)?;
+    let sort = filter.sort.unwrap_or_default().sql();
+    let order = match filter.order.unwrap_or_default() {
+        SortOrder::Asc => "asc nulls first",
+        SortOrder::Desc => "desc nulls last",
+    };
+    let sql = format!(
+        "select *, count(*) over () as total from ({SUMMARY_SELECT}) s
+         where ($1::text is null or status = $1)
+           and ($2::text is null or model = $2)
+           and ($3::text is null or kind = $3)
+           and ($4::text is null or $4 = any(tags))
+           and ($5::text is null
+                or strpos(lower(name), lower($5)) > 0
+                or strpos(lower(preset), lower($5)) > 0
+                or strpos(run_id::text, lower($5)) > 0
+                or exists (select 1 from unnest(tags) t where strpos(lower(t), lower($5)) > 0))
+         order by {sort} {order}, created_at desc, run_id
+         limit $6 offset $7"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(&filter.status)
+        .bind(&filter.model)
+        .bind(&filter.kind)
+        .bind(&filter.tag)
+        .bind(&filter.q)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(pool)
+        .await?;
+    let total = match rows.first() {
+        Some(row) => row.try_get("total")?,
+        None if offset > 0 => count_runs(pool, filter).await?,
+        None => 0,
+    };
+    let runs = rows
+        .iter()
+        .map(summary_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RunPage {
+        runs,
+        total,
+        limit,
+        offset,
+    })
+}
+
+/// How many runs match `filter` (for a page past the end, where the window
+/// count has no row to ride on).
+async fn count_runs(pool: &PgPool, filter: &RunFilter) -> Result<i64, ReadError> {
+    let n = sqlx::query_scalar(
+        "select count(*) from run r
+         where ($1::text is null or r.status::text = $1)
+           and ($2::text is null or r.model = $2)
+           and ($3::text is null or r.kind::text = $3)
+           and ($4::text is null or $4 = any(r.tags))
+           and ($5::text is null
+                or strpos(lower(r.name), lower($5)) > 0
+                or strpos(lower(r.preset), lower($5)) > 0
+                or strpos(r.run_id::text, lower($5)) > 0
+                or exists (select 1 from unnest(r.tags) t where strpos(lower(t), lower($5)) > 0))",
+    )
+    .bind(&filter.status)
+    .bind(&filter.model)
+    .bind(&filter.kind)
+    .bind(&filter.tag)
+    .bind(&filter.q)
+    .fetch_one(pool)
+    .await?;
+    Ok(n)
+}
+
+/// One run with its job, worker and queue position, or None.
+pub async fn get_run(pool: &PgPool, run_id: Uuid) -> Result<Option<RunDetail>, ReadError> {
+    let sql = format!(
+        "select s.*, r2.config,
+                case when s.job_state = 'queued' then (
+                    select count(*) from job q
+                    where q.state = 'queued'
+                      and (q.priority, -extract(epoch from q.enqueued_at), -q.job_id)
+                          >= (s.priority, -extract(epoch from s.enqueued_at), -s.job_id)
+                ) end as queue_position
+         from ({SUMMARY_SELECT} where r.run_id = $1) s join run r2 using (run_id)"
+    );
+    let row = sqlx::query(&sql).bind(run_id).fetch_optional(pool).await?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some(RunDetail {
+        summary: summary_from(&row)?,
+        config: row.try_get("config")?,
+        job_id: row.try_get("job_id")?,
+        job_state: row.try_get("job_state")?,
+        attempt: row.try_get("attempt")?,
+        max_attempts: row.try_get("max_attempts")?,
+        cancel_requested: row.try_get("cancel_requested")?,
+        worker_id: row.try_get("worker_id")?,
+        heartbeat_at: row.try_get("heartbeat_at")?,
+        checkpoint_epoch: row.try_get("checkpoint_epoch")?,
+        queue_position: row.try_get("queue_position")?,
+    }))
+}
+
+/// Whether a run with this id exists (metric and artifact reads answer 404
+/// for a missing run rather than an empty list).
+pub async fn run_exists(pool: &PgPool, run_id: Uuid) -> Result<bool, ReadError> {
+    Ok(
+        sqlx::query_scalar("select exists (select 1 from run where run_id = $1)")
+            .bind(run_id)
+            .fetch_one(pool)
+            .await?,
+    )
+}
