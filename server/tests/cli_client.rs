@@ -1,0 +1,304 @@
+//! The `maelab` CLI against a real server process on a free port with its own
+//! database: tokens, submit, runs list/show/export, cancel, watch, and the
+//! exit codes a pipeline branches on (0 ok, 1 run failed, 2 bar missed,
+//! 3 usage/connection). The worker is simulated through the queue's fenced
+//! writes (api_support::work_one), exactly the rows a worker writes.
+
+mod api_support;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use api_support::work_one;
+use maelab_core::db::testing::TestDb;
+
+const BIN: &str = env!("CARGO_BIN_EXE_maelab");
+
+/// A `maelab serve` process, killed on drop.
+struct Server {
+    child: Child,
+    url: String,
+    db: TestDb,
+    token: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn serve() -> Server {
+    let db = TestDb::new().await.unwrap();
+    let (token, _) = maelab_server::auth::tokens::create(&db.pool, "ci")
+        .await
+        .unwrap();
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = reqwest::get(format!("{url}/healthz")).await
+            && r.status().is_success()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "server did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Server {
+        child,
+        url,
+        db,
+        token,
+    }
+}
+
+impl Server {
+    fn cli(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("MAELAB_URL", &self.url)
+            .env("MAELAB_TOKEN", &self.token)
+            .env("DATABASE_URL", &self.db.url)
+            .env("RUST_LOG", "warn");
+        c
+    }
+
+    async fn run(&self, args: &[&str]) -> Output {
+        let mut c = self.cli(args);
+        tokio::task::spawn_blocking(move || c.output().unwrap())
+            .await
+            .unwrap()
+    }
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {}\nstdout:\n{}\nstderr:\n{}",
+        code(o),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn toml_file(body: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("maelab-run-{}.toml", uuid::Uuid::new_v4()));
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+const TINY: &str = r#"
+name = "cli-tiny"
+kind = "pretrain"
+model = "mae"
+preset = "vit-micro/4"
+epochs = 2
+warmup_epochs = 1
+tags = ["ci"]
+"#;
+
+#[tokio::test]
+async fn token_create_list_revoke() {
+    let s = serve().await;
+    let created = s.run(&["token", "create", "--name", "deploy"]).await;
+    assert_eq!(code(&created), 0, "{}", text(&created));
+    let secret = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    assert!(secret.starts_with("mlb_"), "{secret}");
+    // The new token works against the server.
+    let mut c = s.cli(&["runs", "list"]);
+    c.env("MAELAB_TOKEN", &secret);
+    assert_eq!(code(&c.output().unwrap()), 0);
+    let list = s.run(&["token", "list"]).await;
+    let listing = String::from_utf8_lossy(&list.stdout).to_string();
+    assert!(
+        listing.contains("deploy") && !listing.contains(&secret[4..]),
+        "{listing}"
+    );
+    let revoked = s.run(&["token", "revoke", "deploy"]).await;
+    assert_eq!(code(&revoked), 0, "{}", text(&revoked));
+    let again = s.run(&["token", "revoke", "deploy"]).await;
+    assert_eq!(code(&again), 3, "{}", text(&again));
+    // Submitting with the revoked token is refused: exit 3.
+    let file = toml_file(TINY);
+    let mut c = s.cli(&["submit", file.to_str().unwrap()]);
+    c.env("MAELAB_TOKEN", &secret);
+    let refused = c.output().unwrap();
+    assert_eq!(code(&refused), 3, "{}", text(&refused));
+}
+
+#[tokio::test]
+async fn submit_show_list_export_cancel() {
+    let s = serve().await;
+    let file = toml_file(TINY);
+    let out = s.run(&["submit", file.to_str().unwrap()]).await;
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    uuid::Uuid::parse_str(&id).unwrap();
+
+    let show = s.run(&["runs", "show", &id]).await;
+    assert_eq!(code(&show), 0, "{}", text(&show));
+    let shown = String::from_utf8_lossy(&show.stdout).to_string();
+    assert!(
+        shown.contains("cli-tiny") && shown.contains("queued"),
+        "{shown}"
+    );
+
+    let list = s.run(&["runs", "list", "--tag", "ci"]).await;
+    assert!(
+        String::from_utf8_lossy(&list.stdout).contains(&id),
+        "{}",
+        text(&list)
+    );
+    let none = s.run(&["runs", "list", "--tag", "other"]).await;
+    assert!(!String::from_utf8_lossy(&none.stdout).contains(&id));
+
+    let cancel = s.run(&["cancel", &id]).await;
+    assert_eq!(code(&cancel), 0, "{}", text(&cancel));
+    let status: String = sqlx::query_scalar("select status::text from run where run_id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&s.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "cancelled");
+    // Cancelling twice is refused by the server (409): exit 3.
+    let twice = s.run(&["cancel", &id]).await;
+    assert_eq!(code(&twice), 3, "{}", text(&twice));
+    assert!(String::from_utf8_lossy(&twice.stderr).contains("409"));
+}
+
+#[tokio::test]
+async fn usage_config_and_connection_errors_exit_3() {
+    let s = serve().await;
+    let no_args = s.run(&["submit"]).await;
+    assert_eq!(code(&no_args), 3, "{}", text(&no_args));
+    let bad_bar = s
+        .run(&["submit", "x.toml", "--fail-under", "accuracy=70"])
+        .await;
+    assert_eq!(code(&bad_bar), 3, "{}", text(&bad_bar));
+    let bad = toml_file("epochs = 0\n");
+    let invalid = s.run(&["submit", bad.to_str().unwrap()]).await;
+    assert_eq!(code(&invalid), 3, "{}", text(&invalid));
+    assert!(
+        String::from_utf8_lossy(&invalid.stderr).contains("epochs"),
+        "{}",
+        text(&invalid)
+    );
+    let file = toml_file(TINY);
+    let mut c = s.cli(&["submit", file.to_str().unwrap()]);
+    c.env_remove("MAELAB_TOKEN");
+    let no_token = c.output().unwrap();
+    assert_eq!(code(&no_token), 3, "{}", text(&no_token));
+    let mut c = s.cli(&["runs", "list"]);
+    c.env("MAELAB_URL", format!("http://127.0.0.1:{}", free_port()));
+    let down = c.output().unwrap();
+    assert_eq!(code(&down), 3, "{}", text(&down));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("cannot reach"));
+    let count: i64 = sqlx::query_scalar("select count(*) from run")
+        .fetch_one(&s.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 0, "nothing was submitted");
+}
+
+/// Start `submit … --fail-under bar`, let a simulated worker train the run
+/// with `accs`, and return submit's exit code and output.
+async fn submit_against_worker(s: &Server, bar: &str, accs: &[f64], succeed: bool) -> Output {
+    let file = toml_file(TINY);
+    let child = s
+        .cli(&[
+            "submit",
+            file.to_str().unwrap(),
+            "--wait",
+            "--fail-under",
+            bar,
+            "--poll",
+            "0.2",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n: i64 = sqlx::query_scalar("select count(*) from job where state = 'queued'")
+            .fetch_one(&s.db.pool)
+            .await
+            .unwrap();
+        if n > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "submit did not enqueue");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let epochs: Vec<_> = accs.iter().map(|a| (1.0, Some(*a))).collect();
+    work_one(&s.db.pool, &epochs, succeed).await;
+    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn submit_wait_exit_codes_follow_the_run_and_the_bar() {
+    let s = serve().await;
+    let met = submit_against_worker(&s, "test_acc1=70", &[60.0, 75.0], true).await;
+    assert_eq!(code(&met), 0, "{}", text(&met));
+    let missed = submit_against_worker(&s, "test_acc1=70", &[60.0, 65.0], true).await;
+    assert_eq!(code(&missed), 2, "{}", text(&missed));
+    assert!(
+        String::from_utf8_lossy(&missed.stderr).contains("65"),
+        "{}",
+        text(&missed)
+    );
+    let failed = submit_against_worker(&s, "test_acc1=70", &[80.0], false).await;
+    assert_eq!(code(&failed), 1, "{}", text(&failed));
+}
+
+#[tokio::test]
+async fn watch_and_export_a_finished_run() {
+    let s = serve().await;
+    let file = toml_file(TINY);
+    let out = s.run(&["submit", file.to_str().unwrap()]).await;
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    work_one(&s.db.pool, &[(0.9, Some(50.0)), (0.8, Some(61.0))], true).await;
+
+    let watch = s.run(&["watch", &id, "--fail-under", "test_acc1=60"]).await;
+    assert_eq!(code(&watch), 0, "{}", text(&watch));
+    let lines: Vec<String> = String::from_utf8_lossy(&watch.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", text(&watch));
+    assert!(lines[1].contains("top-1 61.00"), "{}", text(&watch));
+
+    let csv = s.run(&["runs", "export", &id, "--format", "csv"]).await;
+    assert_eq!(code(&csv), 0, "{}", text(&csv));
+    let csv = String::from_utf8_lossy(&csv.stdout).to_string();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(csv.starts_with("epoch,train_lr,train_loss"));
+    let json = s.run(&["runs", "export", &id, "--format", "json"]).await;
+    let rows: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(rows[1]["test_acc1"], 61.0);
+}
