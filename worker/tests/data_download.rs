@@ -120,5 +120,6 @@ fn an_unreachable_server_gives_a_one_line_error() {
     assert!(matches!(err, DataError::Download { .. }));
     assert!(msg.starts_with(&format!("downloading {url}: ")), "{msg}");
     assert!(!msg.contains('\n'), "{msg}");
+    assert_eq!(msg.matches(url).count(), 1, "{msg}");
     assert!(!target.exists());
 }

@@ -29,10 +29,14 @@ const WANTED: [&str; 7] = [
 /// Download `url` to the file `to` (through a temporary name, so an
 /// interrupted download leaves nothing that looks complete).
 pub fn download(url: &str, to: &Path) -> Result<(), DataError> {
-    let fail = |reason: String| DataError::Download {
-        url: url.to_string(),
-        // One line: transport errors can carry nested causes on new lines.
-        reason: reason.split_whitespace().collect::<Vec<_>>().join(" "),
+    let fail = |reason: String| {
+        // ureq prefixes its messages with the URL, which the error already names.
+        let reason = reason.strip_prefix(&format!("{url}: ")).unwrap_or(&reason);
+        DataError::Download {
+            url: url.to_string(),
+            // One line: transport errors can carry nested causes on new lines.
+            reason: reason.split_whitespace().collect::<Vec<_>>().join(" "),
+        }
     };
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(20))
