@@ -57,6 +57,27 @@ impl RunSort {
         "finished_at",
     ];
 
+    /// The same key as an expression over the `run` table alone, when it is
+    /// one: such lists pick their page from `run` first (an index scan) and
+    /// aggregate the epochs of those rows only.
+    fn run_column(self) -> Option<&'static str> {
+        Some(match self {
+            Self::CreatedAt => "r.created_at",
+            Self::Name => "lower(r.name)",
+            Self::Status => "r.status::text",
+            Self::Model => "r.model",
+            Self::Kind => "r.kind::text",
+            Self::Preset => "r.preset",
+            Self::EpochsTotal => "r.epochs_total",
+            Self::Duration => "extract(epoch from (coalesce(r.finished_at, now()) - r.started_at))",
+            Self::StartedAt => "r.started_at",
+            Self::FinishedAt => "r.finished_at",
+            Self::EpochsDone | Self::BestAcc1 | Self::BestAcc5 | Self::LastLoss | Self::Worker => {
+                return None;
+            }
+        })
+    }
+
     /// The SQL expression over the list query's columns. A closed set of
     /// literals: nothing the caller typed reaches the SQL text.
     fn sql(self) -> &'static str {
@@ -252,35 +273,63 @@ fn checked(filter: &RunFilter) -> Result<(i64, i64), ReadError> {
     Ok((limit, offset))
 }
 
+/// The filter's WHERE clause over `run r` (parameters $1-$5).
+const RUN_WHERE: &str = "
+    ($1::text is null or r.status::text = $1)
+    and ($2::text is null or r.model = $2)
+    and ($3::text is null or r.kind::text = $3)
+    and ($4::text is null or $4 = any(r.tags))
+    and ($5::text is null
+         or strpos(lower(r.name), lower($5)) > 0
+         or strpos(lower(r.preset), lower($5)) > 0
+         or strpos(r.run_id::text, lower($5)) > 0
+         or exists (select 1 from unnest(r.tags) t where strpos(lower(t), lower($5)) > 0))";
+
+fn bind_filter<'q>(
+    q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    f: &'q RunFilter,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    q.bind(&f.status)
+        .bind(&f.model)
+        .bind(&f.kind)
+        .bind(&f.tag)
+        .bind(&f.q)
+}
+
 /// One page of runs matching `filter`, sorted as asked (ties broken by
 /// newest first, then id, so pages never overlap).
+///
+/// Sorted by a column of the run itself, the page is chosen from `run` alone
+/// and only its rows are joined with their epochs; sorted by an aggregate
+/// (best top-1, last loss, epochs done, worker), every matching run is
+/// aggregated first.
 pub async fn list_runs(pool: &PgPool, filter: &RunFilter) -> Result<RunPage, ReadError> {
     let (limit, offset) = checked(filter)?;
-    let sort = filter.sort.unwrap_or_default().sql();
+    let sort = filter.sort.unwrap_or_default();
     let order = match filter.order.unwrap_or_default() {
         SortOrder::Asc => "asc nulls first",
         SortOrder::Desc => "desc nulls last",
     };
-    let sql = format!(
-        "select *, count(*) over () as total from ({SUMMARY_SELECT}) s
-         where ($1::text is null or status = $1)
-           and ($2::text is null or model = $2)
-           and ($3::text is null or kind = $3)
-           and ($4::text is null or $4 = any(tags))
-           and ($5::text is null
-                or strpos(lower(name), lower($5)) > 0
-                or strpos(lower(preset), lower($5)) > 0
-                or strpos(run_id::text, lower($5)) > 0
-                or exists (select 1 from unnest(tags) t where strpos(lower(t), lower($5)) > 0))
-         order by {sort} {order}, created_at desc, run_id
-         limit $6 offset $7"
-    );
-    let rows = sqlx::query(&sql)
-        .bind(&filter.status)
-        .bind(&filter.model)
-        .bind(&filter.kind)
-        .bind(&filter.tag)
-        .bind(&filter.q)
+    let sql = match sort.run_column() {
+        Some(column) => format!(
+            "with page as (
+                 select r.run_id, count(*) over () as total,
+                        row_number() over (order by {column} {order}, r.created_at desc, r.run_id)
+                            as place
+                 from run r where {RUN_WHERE}
+                 order by place limit $6 offset $7
+             )
+             select s.*, page.total from ({SUMMARY_SELECT} where r.run_id in (select run_id from page)) s
+             join page using (run_id) order by page.place"
+        ),
+        None => format!(
+            "select s.*, count(*) over () as total from ({SUMMARY_SELECT} where {RUN_WHERE}) s
+             order by {} {order}, created_at desc, run_id
+             limit $6 offset $7",
+            sort.sql()
+        ),
+    };
+    let rows = bind_filter(sqlx::query(&sql), filter)
         .bind(limit)
         .bind(offset)
         .fetch_all(pool)
@@ -305,26 +354,11 @@ pub async fn list_runs(pool: &PgPool, filter: &RunFilter) -> Result<RunPage, Rea
 /// How many runs match `filter` (for a page past the end, where the window
 /// count has no row to ride on).
 async fn count_runs(pool: &PgPool, filter: &RunFilter) -> Result<i64, ReadError> {
-    let n = sqlx::query_scalar(
-        "select count(*) from run r
-         where ($1::text is null or r.status::text = $1)
-           and ($2::text is null or r.model = $2)
-           and ($3::text is null or r.kind::text = $3)
-           and ($4::text is null or $4 = any(r.tags))
-           and ($5::text is null
-                or strpos(lower(r.name), lower($5)) > 0
-                or strpos(lower(r.preset), lower($5)) > 0
-                or strpos(r.run_id::text, lower($5)) > 0
-                or exists (select 1 from unnest(r.tags) t where strpos(lower(t), lower($5)) > 0))",
-    )
-    .bind(&filter.status)
-    .bind(&filter.model)
-    .bind(&filter.kind)
-    .bind(&filter.tag)
-    .bind(&filter.q)
-    .fetch_one(pool)
-    .await?;
-    Ok(n)
+    let sql = format!("select count(*) from run r where {RUN_WHERE}");
+    let row = bind_filter(sqlx::query(&sql), filter)
+        .fetch_one(pool)
+        .await?;
+    Ok(row.try_get(0)?)
 }
 
 /// One run with its job, worker and queue position, or None.

@@ -90,8 +90,8 @@ fn s_string() -> Value {
 fn s_int() -> Value {
     json!({"type": "integer", "format": "int32", "minimum": -2147483648_i64, "maximum": 2147483647})
 }
-fn s_limit() -> Value {
-    json!({"type": "integer", "format": "int64"})
+fn s_range(min: i64, max: i64) -> Value {
+    json!({"type": "integer", "format": "int64", "minimum": min, "maximum": max})
 }
 fn s_bool() -> Value {
     json!({"type": "boolean"})
@@ -144,12 +144,12 @@ const RUN_QUERY: &[QueryParam] = &[
     },
     QueryParam {
         name: "limit",
-        schema: s_limit,
+        schema: || s_range(1, crate::read_model::runs::MAX_LIMIT),
         description: "Rows per page, 1-500 (default 50).",
     },
     QueryParam {
         name: "offset",
-        schema: s_limit,
+        schema: || s_range(0, i64::MAX),
         description: "Rows to skip (default 0).",
     },
 ];
@@ -253,7 +253,7 @@ pub static ROUTES: &[ApiRoute] = &[
             },
             QueryParam {
                 name: "limit",
-                schema: s_limit,
+                schema: || s_range(1, crate::read_model::metrics::MAX_STEPS),
                 description: "At most this many rows (1-20000).",
             },
         ],
@@ -330,7 +330,7 @@ pub static ROUTES: &[ApiRoute] = &[
         write: false,
         query: &[QueryParam {
             name: "limit",
-            schema: s_limit,
+            schema: || s_range(1, 10_000),
             description: "Queued jobs shown (1-10000, default 500).",
         }],
         body: None,
