@@ -182,6 +182,9 @@
   build();
   progress();
   showRecons(true);
+  // For the browser tests and benchmarks: the data drawn, and when the first
+  // draw finished (ms since navigation start).
+  window.maelabRun = { epochs: E, steps: S, recons: recons };
   window.maelabDrawn = performance.now();
   connect();
 })();

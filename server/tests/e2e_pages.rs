@@ -1,0 +1,478 @@
+//! End to end in real headless Chromium (Debian's `chromium` and
+//! `chromium-driver`, driven over WebDriver): submit a run through the form,
+//! see it in the list, watch chart points arrive live while a "worker" writes
+//! through the queue's fenced functions, open the reconstruction image, and
+//! cancel the run. The two page bars of issue 6 are measured here too and
+//! printed (docs/benchmarks.md has the numbers and the command).
+
+mod pages_support;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use maelab_core::db::artifacts::{NewArtifact, put_artifact};
+use maelab_core::db::metrics::{EpochRecord, StepRecord, record_epoch, record_step};
+use maelab_core::db::queue::{self, Lease};
+use maelab_core::db::workers::{self, WorkerInfo};
+use pages_support::{PNG_1X1, Pages, spawn};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+/// A served app, a chromedriver and a browser session on it.
+struct Browser {
+    pages: Pages,
+    base: String,
+    client: Client,
+    _driver: Child,
+    _profile: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn find_binary(names: &[&str]) -> String {
+    for name in names {
+        for dir in ["/usr/bin", "/usr/local/bin", "/usr/lib/chromium"] {
+            let path = format!("{dir}/{name}");
+            if std::path::Path::new(&path).exists() {
+                return path;
+            }
+        }
+    }
+    panic!(
+        "none of {names:?} is installed: `apt-get install -y chromium chromium-driver` \
+         (scripts/setup does it)"
+    );
+}
+
+async fn start() -> Browser {
+    let pages = spawn().await;
+    pages.state.live.spawn_listener(pages.db.pool.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr: SocketAddr = listener.local_addr().expect("addr");
+    let app = pages.app.clone();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let port = free_port();
+    let driver = Command::new(find_binary(&["chromedriver"]))
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("chromedriver starts");
+    let profile = std::env::temp_dir().join(format!("maelab-chrome-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&profile).expect("profile dir");
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": find_binary(&["chromium", "chromium-browser"]),
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync",
+                     "--disable-dev-shm-usage", "--window-size=1400,1000",
+                     format!("--user-data-dir={}", profile.display())],
+        }),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut last_err = None;
+    for _ in 0..100 {
+        match ClientBuilder::new(connector.clone())
+            .capabilities(caps.clone())
+            .connect(&url)
+            .await
+        {
+            Ok(client) => {
+                return Browser {
+                    pages,
+                    base: format!("http://{addr}"),
+                    client,
+                    _driver: driver,
+                    _profile: TempDir(profile),
+                };
+            }
+            Err(e) => {
+                last_err = Some(e);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    panic!("no browser session: {last_err:?}");
+}
+
+impl Browser {
+    async fn goto(&self, path: &str) {
+        self.client
+            .goto(&format!("{}{path}", self.base))
+            .await
+            .expect("navigate");
+    }
+
+    async fn js(&self, script: &str) -> Value {
+        self.client.execute(script, vec![]).await.expect("script")
+    }
+
+    /// Wait until `script` returns something truthy (the page's own state,
+    /// read by the test: the page itself never polls).
+    async fn until(&self, what: &str, script: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.js(script).await;
+            if !(v.is_null() || v == json!(false) || v == json!(0)) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Register a worker and claim the next job, as `maelab-worker run` does.
+async fn claim(p: &Pages) -> Lease {
+    let worker_id = workers::register(
+        &p.db.pool,
+        &WorkerInfo {
+            name: "e2e-worker".into(),
+            host: "localhost".into(),
+            device: "cpu".into(),
+            gpu_name: None,
+            torch_version: "none".into(),
+            pid: None,
+        },
+    )
+    .await
+    .expect("register");
+    queue::claim_next(&p.db.pool, worker_id, Duration::from_secs(60))
+        .await
+        .expect("claim")
+        .expect("a queued job")
+        .lease
+}
+
+fn epoch_record(epoch: i32, loss: f64) -> EpochRecord {
+    EpochRecord {
+        epoch,
+        train_lr: 1e-4,
+        train_loss: loss,
+        test_loss: Some(loss * 1.1),
+        test_acc1: None,
+        test_acc5: None,
+        n_parameters: Some(1_000_000),
+        psnr: Some(18.0 + f64::from(epoch)),
+        hf_ratio: Some(0.5),
+        epoch_seconds: 12.0,
+        images_per_second: Some(4000.0),
+        extra: json!({}),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_watch_live_open_reconstruction_and_cancel() {
+    let b = start().await;
+    let c = &b.client;
+
+    // Submit through the form (a finetune-free pretrain; defaults from the preset).
+    b.goto("/runs/new").await;
+    for (field, value) in [
+        ("name", "e2e <run>"),
+        ("epochs", "3"),
+        ("warmup_epochs", "1"),
+    ] {
+        let input = c
+            .find(Locator::Id(&format!("f-{field}")))
+            .await
+            .expect(field);
+        input.clear().await.expect("clear");
+        input.send_keys(value).await.expect("type");
+    }
+    c.find(Locator::Id("submit-run"))
+        .await
+        .expect("submit")
+        .click()
+        .await
+        .expect("click");
+    b.until("the run page", "return location.pathname.startsWith('/runs/') && !location.pathname.endsWith('/new') && document.getElementById('run') !== null").await;
+    let path = c.current_url().await.expect("url").path().to_string();
+    let run_id: uuid::Uuid = path.trim_start_matches("/runs/").parse().expect("run id");
+    let title = c
+        .find(Locator::Css("h1 .run-name"))
+        .await
+        .expect("title")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(title, "e2e <run>", "the name is shown as text");
+
+    // It is in the list.
+    b.goto("/runs").await;
+    let link = c
+        .find(Locator::Css(&format!(
+            "tr[data-run-id='{run_id}'] a.run-name"
+        )))
+        .await
+        .expect("the run's row");
+    assert_eq!(link.text().await.expect("text"), "e2e <run>");
+    assert_eq!(
+        c.find(Locator::Css(&format!(
+            "tr[data-run-id='{run_id}'] [data-col=status]"
+        )))
+        .await
+        .expect("status")
+        .text()
+        .await
+        .expect("text"),
+        "queued"
+    );
+
+    // A worker claims it: the list follows without a reload.
+    let lease = claim(&b.pages).await;
+    b.until(
+        "status running in the list",
+        &format!("return document.querySelector(\"tr[data-run-id='{run_id}'] [data-col=status]\").textContent === 'running'"),
+    )
+    .await;
+
+    // On the run page, chart points arrive live.
+    b.goto(&path).await;
+    b.until("charts", "return window.maelabRun !== undefined")
+        .await;
+    assert_eq!(
+        b.js("return window.maelabRun.steps.step.length").await,
+        json!(0)
+    );
+    let pool = &b.pages.db.pool;
+    for step in 0..20 {
+        let row = StepRecord {
+            epoch: 0,
+            step,
+            progress: f64::from(step + 1) / 20.0,
+            train_loss: 1.0 / f64::from(step + 1),
+            lr: 1e-4,
+            images_per_second: Some(3500.0),
+        };
+        record_step(pool, &lease, &row).await.expect("step");
+    }
+    b.until(
+        "20 step points",
+        "return window.maelabRun.steps.step.length === 20",
+    )
+    .await;
+    record_epoch(pool, &lease, &epoch_record(0, 0.5))
+        .await
+        .expect("epoch");
+    b.until(
+        "the epoch point",
+        "return window.maelabRun.epochs.epoch.length === 1",
+    )
+    .await;
+    let charts = b
+        .js("return Array.from(document.querySelectorAll('.chart')).map(c => c.dataset.title)")
+        .await;
+    for title in [
+        "Training loss per step",
+        "Learning rate",
+        "Loss per epoch",
+        "PSNR of masked patches (dB)",
+    ] {
+        assert!(
+            charts.as_array().expect("titles").contains(&json!(title)),
+            "{title} in {charts}"
+        );
+    }
+    let progress = c
+        .find(Locator::Id("progress-text"))
+        .await
+        .expect("progress")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(progress, "epoch 1/3 · 100%");
+
+    // The reconstruction image appears, and opens as a PNG.
+    put_artifact(
+        pool,
+        &lease,
+        &NewArtifact {
+            kind: "reconstruction",
+            epoch: Some(0),
+            name: "recon_e0000.png",
+            media_type: "image/png",
+            bytes: PNG_1X1,
+        },
+    )
+    .await
+    .expect("artifact");
+    let src = b
+        .until("the reconstruction image", "const i = document.querySelector('#recon-images img'); return i && i.complete && i.naturalWidth > 0 ? i.getAttribute('src') : null")
+        .await;
+    let src = src.as_str().expect("src").to_string();
+    b.goto(&src).await;
+    assert_eq!(
+        b.js("return document.contentType").await,
+        json!("image/png")
+    );
+
+    // Cancel from the page; the worker learns it at its heartbeat and stops.
+    b.goto(&path).await;
+    c.find(Locator::Id("cancel"))
+        .await
+        .expect("cancel button")
+        .click()
+        .await
+        .expect("click");
+    b.until(
+        "back on the run page",
+        "return document.getElementById('run') !== null",
+    )
+    .await;
+    let beat = queue::heartbeat(pool, &lease, Duration::from_secs(60))
+        .await
+        .expect("heartbeat");
+    assert!(beat.cancel_requested, "the cancel reached the queue");
+    queue::finish_cancelled(pool, &lease)
+        .await
+        .expect("cancelled");
+    b.until(
+        "status cancelled, live",
+        "return document.getElementById('status').textContent === 'cancelled' && document.getElementById('cancel-form').hidden && !document.getElementById('retry-form').hidden",
+    )
+    .await;
+    c.clone().close().await.expect("close");
+}
+
+/// Open `n` raw SSE connections on `path` that read (and drop) what comes.
+async fn sse_crowd(addr: &str, path: &str, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("request");
+        tasks.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        }));
+    }
+    tasks
+}
+
+fn now_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bars_10k_points_draw_under_1s_and_epochs_arrive_under_500ms_with_200_clients() {
+    let b = start().await;
+    let p = &b.pages;
+    let id = p.create("bench", "mae", &[]).await;
+    let lease = claim(p).await;
+    // 10,000 step points and 50 epochs of history.
+    p.steps(id, 0, 0, 10_000).await;
+    for e in 0..50 {
+        p.epoch(id, e, 1.0 / f64::from(e + 1), Some(f64::from(e)))
+            .await;
+    }
+    let path = format!("/runs/{id}");
+
+    // Bar 1: load and draw with 10,000 step points.
+    let mut draws = Vec::new();
+    for _ in 0..5 {
+        b.goto(&path).await;
+        let v = b
+            .until("the first draw", "return window.maelabDrawn || null")
+            .await;
+        assert_eq!(
+            b.js("return window.maelabRun.steps.step.length").await,
+            json!(10_000)
+        );
+        draws.push(v.as_f64().expect("ms"));
+    }
+    draws.sort_by(f64::total_cmp);
+    println!(
+        "BENCH page load+draw with 10000 steps: median {:.0} ms, max {:.0} ms over {} loads",
+        percentile(&draws, 0.5),
+        draws[draws.len() - 1],
+        draws.len()
+    );
+    assert!(
+        draws[draws.len() - 1] < 1000.0,
+        "load+draw took {draws:?} ms"
+    );
+
+    // Bar 2: epoch rows reach the open page within 500 ms, with 200 more SSE clients on the run.
+    b.goto(&path).await;
+    b.until("the page", "return window.maelabRun !== undefined")
+        .await;
+    let addr = b.base.trim_start_matches("http://").to_string();
+    let crowd = sse_crowd(&addr, &format!("/runs/{id}/events?after=49.9999.-1"), 200).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.state.live.subscribers() < 201 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} streams open",
+            p.state.live.subscribers()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut lat = Vec::new();
+    for e in 50..80 {
+        // Taken before the write, so the figure is an upper bound on commit -> page.
+        let committed = now_ms();
+        record_epoch(&p.db.pool, &lease, &epoch_record(e, 0.01))
+            .await
+            .expect("epoch");
+        let at = b
+            .until(
+                "the epoch on the page",
+                &format!(
+                    "const l = window.maelabLastEpoch; return l && l.epoch === {e} ? l.at : null"
+                ),
+            )
+            .await;
+        lat.push(at.as_f64().expect("ms") - committed);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "BENCH epoch commit -> open page with 200 extra SSE clients: p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms over {} epochs",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.95),
+        lat[lat.len() - 1],
+        lat.len()
+    );
+    assert!(lat[lat.len() - 1] < 500.0, "latencies {lat:?}");
+    for t in crowd {
+        t.abort();
+    }
+    b.client.clone().close().await.expect("close");
+}
