@@ -189,8 +189,25 @@ async fn submit_watch_live_open_reconstruction_and_cancel() {
     let b = start().await;
     let c = &b.client;
 
-    // Submit through the form (a finetune-free pretrain; defaults from the preset).
-    b.goto("/runs/new").await;
+    // Sign in with a token, then submit through the form (defaults from the preset).
+    b.goto("/signin?next=/runs/new").await;
+    c.find(Locator::Id("token"))
+        .await
+        .expect("token field")
+        .send_keys(&b.pages.token)
+        .await
+        .expect("type");
+    c.find(Locator::Id("signin-submit"))
+        .await
+        .expect("sign in")
+        .click()
+        .await
+        .expect("click");
+    b.until(
+        "the form, signed in",
+        "return location.pathname === '/runs/new' && document.querySelector('input[name=csrf_token]').value !== ''",
+    )
+    .await;
     for (field, value) in [
         ("name", "e2e <run>"),
         ("epochs", "3"),

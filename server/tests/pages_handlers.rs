@@ -129,6 +129,15 @@ async fn a_valid_form_queues_the_run_and_opens_its_page() {
         ("from the form", 3, "wave_mae")
     );
     assert_eq!(tags, ["study", "wave"]);
+    let by: Option<String> = sqlx::query_scalar("select created_by from run")
+        .fetch_one(&p.db.pool)
+        .await
+        .expect("created_by");
+    assert_eq!(
+        by.as_deref(),
+        Some("pages-test"),
+        "the signed-in token's name"
+    );
     assert_eq!(config["norm_pix_loss"], false);
     assert_eq!(p.count("job").await, 1);
 }
@@ -297,16 +306,28 @@ async fn cancel_and_retry_from_the_run_page() {
     let id = p.create("to cancel", "mae", &[]).await;
     let page = p.get(&format!("/runs/{id}")).await.text();
     assert!(page.contains(&format!("action=\"/runs/{id}/cancel\"")));
-    // A cross-site form post is refused and changes nothing.
+    // The page itself was rendered for a signed-out browser: no CSRF value in it.
+    assert!(page.contains(r#"name="csrf_token" value="""#));
+    // Refused, and nothing changes: a cross-site post, a post without the
+    // CSRF value, and a post from a browser that has not signed in.
+    let uri = format!("/runs/{id}/cancel");
     let cross = p
-        .send(
-            Request::post(format!("/runs/{id}/cancel"))
-                .header("sec-fetch-site", "cross-site")
-                .body(Body::empty())
-                .expect("request"),
+        .post_raw(
+            &uri,
+            &[("csrf_token", &p.csrf)],
+            Some(&p.cookie),
+            "cross-site",
         )
         .await;
     assert_eq!(cross.status, StatusCode::FORBIDDEN);
+    let no_csrf = p.post_raw(&uri, &[], Some(&p.cookie), "same-origin").await;
+    assert_eq!(no_csrf.status, StatusCode::FORBIDDEN);
+    let anonymous = p.post_raw(&uri, &[], None, "same-origin").await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        anonymous.text().contains(r#"action="/signin""#),
+        "the sign-in form"
+    );
     let status = |p: &pages_support::Pages| {
         let pool = p.db.pool.clone();
         async move {
@@ -379,4 +400,64 @@ async fn compare_shows_the_study_table_and_reconstructions_side_by_side() {
     assert!(html.contains("Reconstructions at epoch 1"));
     assert_eq!(html.matches("/artifacts/").count(), 2);
     assert!(html.contains("data-series="));
+}
+
+#[tokio::test]
+async fn a_browser_that_has_not_signed_in_cannot_queue_runs() {
+    let p = spawn().await;
+    let a = p
+        .post_raw(
+            "/runs/new",
+            &[("name", "sneaky"), ("epochs", "3")],
+            None,
+            "same-origin",
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert!(a.text().contains(r#"action="/signin""#));
+    assert_eq!(p.count("run").await, 0);
+    // The form page tells a signed-out browser to sign in, and carries the
+    // CSRF value once signed in.
+    assert!(
+        p.get("/runs/new")
+            .await
+            .text()
+            .contains("sign in</a> to queue runs")
+    );
+    let signed_in = p
+        .send(
+            Request::get("/runs/new")
+                .header("cookie", &p.cookie)
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .text();
+    assert!(signed_in.contains(&format!(r#"name="csrf_token" value="{}""#, p.csrf)));
+}
+
+#[tokio::test]
+async fn closed_servers_send_page_readers_to_sign_in() {
+    let settings = maelab_server::settings::ServeSettings {
+        require_auth_for_reads: true,
+        ..Default::default()
+    };
+    let p = pages_support::spawn_with(settings).await;
+    let a = p.get("/runs?status=queued").await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        a.header("location"),
+        "/signin?next=%2Fruns%3Fstatus%3Dqueued"
+    );
+    let signin = p.get("/signin?next=/runs").await;
+    assert_eq!(signin.status, StatusCode::OK);
+    let ok = p
+        .send(
+            Request::get("/runs")
+                .header("cookie", &p.cookie)
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::OK);
 }

@@ -18,13 +18,57 @@ pub struct Pages {
     pub db: TestDb,
     pub state: AppState,
     pub app: Router,
+    /// A valid access token's secret (to sign a browser in).
+    pub token: String,
+    /// `Cookie` header of a signed-in browser, and its CSRF value.
+    pub cookie: String,
+    pub csrf: String,
 }
 
 pub async fn spawn() -> Pages {
+    spawn_with(ServeSettings::default()).await
+}
+
+pub async fn spawn_with(settings: ServeSettings) -> Pages {
     let db = TestDb::new().await.expect("test database");
-    let state = AppState::new(db.pool.clone(), ServeSettings::default());
+    let (token, _) = maelab_server::auth::tokens::create(&db.pool, "pages-test")
+        .await
+        .expect("token");
+    let state = AppState::new(db.pool.clone(), settings);
     let app = app(state.clone());
-    Pages { db, state, app }
+    let mut p = Pages {
+        db,
+        state,
+        app,
+        token,
+        cookie: String::new(),
+        csrf: String::new(),
+    };
+    let a = p
+        .send(
+            Request::post("/signin")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("sec-fetch-site", "same-origin")
+                .body(Body::from(format!("token={}&next=%2Fruns", p.token)))
+                .expect("request"),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "sign-in: {}", a.text());
+    let cookies: Vec<String> = a
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|c| c.split(';').next())
+        .map(str::to_string)
+        .collect();
+    p.csrf = cookies
+        .iter()
+        .find_map(|c| c.strip_prefix("maelab_csrf="))
+        .expect("csrf cookie")
+        .to_string();
+    p.cookie = cookies.join("; ");
+    p
 }
 
 pub struct Answer {
@@ -64,15 +108,31 @@ impl Pages {
             .await
     }
 
+    /// A form post from a signed-in browser on our own page.
     pub async fn post_form(&self, uri: &str, fields: &[(&str, &str)]) -> Answer {
+        let mut all = vec![("csrf_token", self.csrf.as_str())];
+        all.extend_from_slice(fields);
+        self.post_raw(uri, &all, Some(&self.cookie), "same-origin")
+            .await
+    }
+
+    /// A form post with exactly these fields, cookie and `Sec-Fetch-Site`.
+    pub async fn post_raw(
+        &self,
+        uri: &str,
+        fields: &[(&str, &str)],
+        cookie: Option<&str>,
+        site: &str,
+    ) -> Answer {
         let body = serde_urlencoded::to_string(fields).expect("form");
-        self.send(
-            Request::post(uri)
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(Body::from(body))
-                .expect("request"),
-        )
-        .await
+        let mut req = Request::post(uri)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("sec-fetch-site", site);
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        self.send(req.body(Body::from(body)).expect("request"))
+            .await
     }
 
     pub async fn count(&self, table: &str) -> i64 {

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::rows::{self, RUN_ROW_SELECT, ReconRow, RunRow};
 use super::run::EpochColumns;
-use super::{PageError, human_duration, render};
+use super::{PageError, Reader, human_duration, render};
 use crate::http::AppState;
 
 /// Most runs one comparison overlays.
@@ -46,6 +46,7 @@ struct ComparePage {
 }
 
 async fn show(
+    _: Reader,
     State(state): State<AppState>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, PageError> {

@@ -9,13 +9,18 @@ mod queue;
 pub(crate) mod rows;
 mod run;
 mod runs;
+mod signin;
 
 use askama::Template;
 use axum::Router;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{Html, IntoResponse, Redirect, Response};
 
-use super::AppState;
+use super::{AppError, AppState};
+use crate::auth::ReadAccess;
+use crate::auth::csrf;
 
 /// Every page route.
 pub fn router() -> Router<AppState> {
@@ -25,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .merge(run::router())
         .merge(compare::router())
         .merge(queue::router())
+        .merge(signin::router())
 }
 
 /// Why a page could not be shown; answered as an HTML page, never JSON.
@@ -36,7 +42,11 @@ pub enum PageError {
     /// 400: the URL or form cannot be read.
     #[error("{0}")]
     BadRequest(String),
-    /// 403: a form post from another site.
+    /// 401: changing something (or, on a closed server, reading) needs a
+    /// sign-in; answered with the sign-in form.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: a form post from another site, or without its CSRF value.
     #[error("{0}")]
     Forbidden(String),
     /// 409: e.g. cancelling a finished run.
@@ -77,6 +87,9 @@ impl IntoResponse for PageError {
                 format!("{what} does not exist."),
             ),
             Self::BadRequest(m) => (StatusCode::BAD_REQUEST, "Bad request", m.clone()),
+            Self::Unauthorized(m) => {
+                return (StatusCode::UNAUTHORIZED, signin::page(m, "/runs")).into_response();
+            }
             Self::Forbidden(m) => (StatusCode::FORBIDDEN, "Forbidden", m.clone()),
             Self::Conflict(m) => (StatusCode::CONFLICT, "Not possible now", m.clone()),
             Self::Db(_) | Self::Render(_) => {
@@ -104,32 +117,50 @@ fn render(page: &impl Template) -> Result<Response, PageError> {
     Ok(Html(page.render()?).into_response())
 }
 
-/// Form posts must come from this site: the browser's `Sec-Fetch-Site` or
-/// `Origin` says where the form was. A request with neither (curl, tests) is
-/// not a cross-site browser post and is let through.
-fn same_origin(headers: &HeaderMap) -> Result<(), PageError> {
-    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
-        return match site {
-            "same-origin" | "none" => Ok(()),
-            _ => Err(PageError::Forbidden(
-                "this form was posted from another site".into(),
-            )),
-        };
+impl From<AppError> for PageError {
+    /// The auth extractors answer in the API's terms; pages answer in HTML.
+    fn from(e: AppError) -> Self {
+        match e {
+            AppError::Unauthorized(m) => Self::Unauthorized(m),
+            AppError::Forbidden(m) => Self::Forbidden(m),
+            AppError::NotFound(m) => Self::NotFound(m),
+            AppError::Conflict(m) => Self::Conflict(m),
+            AppError::Internal(cause) => {
+                tracing::error!(error = ?cause, "page failed");
+                Self::BadRequest("the server could not do that; its log has the details".into())
+            }
+            other => Self::BadRequest(other.to_string()),
+        }
     }
-    let (Some(origin), Some(host)) = (
-        headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
-        headers.get(header::HOST).and_then(|v| v.to_str().ok()),
-    ) else {
-        return Ok(());
-    };
-    let origin_host = origin.split("://").nth(1).unwrap_or(origin);
-    if origin_host == host {
-        Ok(())
-    } else {
-        Err(PageError::Forbidden(
-            "this form was posted from another site".into(),
-        ))
+}
+
+/// Reads of the pages: open by default; on a server started with
+/// `--require-auth-for-reads`, a browser without a session is sent to sign in.
+pub struct Reader;
+
+impl FromRequestParts<AppState> for Reader {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        match ReadAccess::from_request_parts(parts, state).await {
+            Ok(_) => Ok(Self),
+            Err(AppError::Unauthorized(_)) => {
+                let here = parts.uri.path_and_query().map_or("/runs", |p| p.as_str());
+                let to = format!(
+                    "/signin?{}",
+                    serde_urlencoded::to_string([("next", here)]).unwrap_or_default()
+                );
+                Err(Redirect::to(&to).into_response())
+            }
+            Err(e) => Err(PageError::from(e).into_response()),
+        }
     }
+}
+
+/// The double-submit value our forms repeat in their hidden `csrf_token`
+/// field (empty before sign-in; the post is then refused with the sign-in form).
+pub(crate) fn csrf_value(headers: &axum::http::HeaderMap) -> String {
+    csrf::form_token(headers).unwrap_or_default()
 }
 
 /// The 404 page for any URL no route knows.
@@ -158,18 +189,5 @@ mod tests {
         assert_eq!(human_duration(5), "5s");
         assert_eq!(human_duration(185), "3m 05s");
         assert_eq!(human_duration(3720), "1h 02m");
-    }
-
-    #[test]
-    fn cross_site_posts_are_refused() {
-        let mut h = HeaderMap::new();
-        h.insert("sec-fetch-site", "cross-site".parse().unwrap());
-        assert!(same_origin(&h).is_err());
-        let mut h = HeaderMap::new();
-        h.insert(header::ORIGIN, "http://evil.example".parse().unwrap());
-        h.insert(header::HOST, "127.0.0.1:8080".parse().unwrap());
-        assert!(same_origin(&h).is_err());
-        h.insert(header::ORIGIN, "http://127.0.0.1:8080".parse().unwrap());
-        assert!(same_origin(&h).is_ok());
     }
 }

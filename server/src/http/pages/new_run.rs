@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use askama::Template;
 use axum::Router;
-use axum::extract::{Form, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -16,7 +16,9 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::form::{self, FIELDS, Ty, Values};
-use super::{PageError, same_origin};
+use super::{PageError, Reader, csrf_value};
+use crate::auth::extract::CsrfForm;
+use crate::http::AppError;
 use crate::http::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -58,6 +60,8 @@ struct NewRunPage {
     general_error: Option<String>,
     parents: Vec<ParentChoice>,
     cloned_from: Option<Uuid>,
+    /// Repeated in the form's hidden `csrf_token` field.
+    csrf: String,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -88,6 +92,7 @@ fn page(
     errors: &HashMap<String, String>,
     parents: Vec<ParentChoice>,
     cloned_from: Option<Uuid>,
+    csrf: String,
 ) -> NewRunPage {
     let mut groups: Vec<Group> = Vec::new();
     for spec in &FIELDS {
@@ -154,15 +159,19 @@ fn page(
         general_error: errors.get("").cloned(),
         parents,
         cloned_from,
+        csrf,
     }
 }
 
 /// Defaults for the chosen kind, model and preset (the preset and the kind's
 /// recipe fill every field), or a cloned run's config.
 async fn show(
+    _: Reader,
     State(state): State<AppState>,
+    headers: HeaderMap,
     Query(q): Query<NewQuery>,
 ) -> Result<Response, PageError> {
+    let csrf = csrf_value(&headers);
     let mut cloned_from = None;
     let values = if let Some(id) = q.clone.as_deref().filter(|s| !s.is_empty()) {
         let run_id = Uuid::parse_str(id).map_err(|_| PageError::NotFound(format!("run {id}")))?;
@@ -194,12 +203,14 @@ async fn show(
             Err(errors) => {
                 let parents = parents(&state.db).await?;
                 let errs = form::errors_by_field(&errors);
-                return Ok(Html(page(&values, &errs, parents, None).render()?).into_response());
+                return Ok(
+                    Html(page(&values, &errs, parents, None, csrf).render()?).into_response()
+                );
             }
         }
     };
     let parents = parents(&state.db).await?;
-    Ok(Html(page(&values, &HashMap::new(), parents, cloned_from).render()?).into_response())
+    Ok(Html(page(&values, &HashMap::new(), parents, cloned_from, csrf).render()?).into_response())
 }
 
 /// Validate like the API; on success queue the run and go to its page, else
@@ -207,18 +218,20 @@ async fn show(
 async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Form(fields): Form<Vec<(String, String)>>,
+    post: Result<CsrfForm<Vec<(String, String)>>, AppError>,
 ) -> Result<Response, PageError> {
-    same_origin(&headers)?;
-    let values: Values = fields.into_iter().collect();
+    let CsrfForm { token, form } = post?;
+    let values: Values = form.into_iter().collect();
     let (doc, type_errors) = form::to_document(&values);
     let result = match RunConfig::from_json_value(doc) {
-        Ok(config) if type_errors.is_empty() => runs::create_run(&state.db, &config, None)
-            .await
-            .map_err(|e| match e {
-                RunError::Invalid(errors) => Ok(errors),
-                other => Err(other),
-            }),
+        Ok(config) if type_errors.is_empty() => {
+            runs::create_run(&state.db, &config, Some(&token.name))
+                .await
+                .map_err(|e| match e {
+                    RunError::Invalid(errors) => Ok(errors),
+                    other => Err(other),
+                })
+        }
         Ok(_) => Err(Ok(ConfigErrors(type_errors))),
         Err(mut errors) => {
             let mut all = type_errors;
@@ -232,7 +245,7 @@ async fn submit(
         Err(Ok(errors)) => {
             let parents = parents(&state.db).await?;
             let errs = form::errors_by_field(&errors);
-            let html = page(&values, &errs, parents, None).render()?;
+            let html = page(&values, &errs, parents, None, csrf_value(&headers)).render()?;
             Ok((StatusCode::UNPROCESSABLE_ENTITY, Html(html)).into_response())
         }
         Err(Err(other)) => Err(other.into()),

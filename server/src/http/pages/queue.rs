@@ -9,7 +9,7 @@ use axum::routing::get;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{PageError, human_duration, render};
+use super::{PageError, Reader, human_duration, render};
 use crate::http::AppState;
 
 /// A worker not seen for this long is shown as gone (heartbeats come every few seconds).
@@ -74,7 +74,7 @@ struct QueuePage {
     workers: Vec<(WorkerRow, String, bool)>,
 }
 
-async fn show(State(state): State<AppState>) -> Result<Response, PageError> {
+async fn show(_: Reader, State(state): State<AppState>) -> Result<Response, PageError> {
     let db = &state.db;
     let queued = sqlx::query_as::<_, QueuedJob>(
         "select j.job_id, j.run_id, r.name, j.job_type, j.priority, j.attempt, j.max_attempts,

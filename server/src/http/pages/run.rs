@@ -15,7 +15,9 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::rows::{self, EpochRow, ReconRow, RunRow, StepRow};
-use super::{PageError, human_duration, render, same_origin};
+use super::{PageError, Reader, csrf_value, human_duration, render};
+use crate::auth::extract::CsrfForm;
+use crate::http::AppError;
 use crate::http::AppState;
 use crate::live::{self, Cursor};
 
@@ -123,11 +125,15 @@ struct RunPage {
     can_retry: bool,
     has_log: bool,
     last_epoch_seconds: Option<String>,
+    /// Repeated in the cancel and retry forms' hidden `csrf_token` field.
+    csrf: String,
 }
 
 async fn show(
+    _: Reader,
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, PageError> {
     let run_id = parse_id(&id)?;
     let db = &state.db;
@@ -187,6 +193,7 @@ async fn show(
         last_epoch_seconds: epochs
             .last()
             .map(|e| human_duration(e.epoch_seconds.round() as i64)),
+        csrf: csrf_value(&headers),
         run,
     })
 }
@@ -199,6 +206,7 @@ struct EventsQuery {
 }
 
 async fn events(
+    _: Reader,
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(q): Query<EventsQuery>,
@@ -223,6 +231,7 @@ async fn events(
 
 /// A stored reconstruction image (or log), with its sha256 as ETag.
 async fn artifact(
+    _: Reader,
     State(state): State<AppState>,
     Path((id, artifact_id)): Path<(String, String)>,
     headers: HeaderMap,
@@ -243,7 +252,11 @@ async fn artifact(
 }
 
 /// The run's log.txt, as a download.
-async fn log(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, PageError> {
+async fn log(
+    _: Reader,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
     let run_id = parse_id(&id)?;
     let row = sqlx::query(
         "select media_type, sha256, bytes from artifact
@@ -291,10 +304,11 @@ fn send_artifact(
 async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    post: Result<CsrfForm<Vec<(String, String)>>, AppError>,
 ) -> Result<Response, PageError> {
-    same_origin(&headers)?;
     let run_id = parse_id(&id)?;
+    let CsrfForm { token, .. } = post?;
+    tracing::info!(%run_id, by = %token.name, "cancel from the run page");
     runs::cancel_run(&state.db, run_id).await?;
     Ok(Redirect::to(&format!("/runs/{run_id}")).into_response())
 }
@@ -302,10 +316,11 @@ async fn cancel(
 async fn retry(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    post: Result<CsrfForm<Vec<(String, String)>>, AppError>,
 ) -> Result<Response, PageError> {
-    same_origin(&headers)?;
     let run_id = parse_id(&id)?;
+    let CsrfForm { token, .. } = post?;
+    tracing::info!(%run_id, by = %token.name, "retry from the run page");
     runs::retry_run(&state.db, run_id).await?;
     Ok(Redirect::to(&format!("/runs/{run_id}")).into_response())
 }

@@ -9,7 +9,7 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
 use super::rows::{RUN_ROW_SELECT, RunRow};
-use super::{PageError, human_duration, render};
+use super::{PageError, Reader, human_duration, render};
 use crate::http::AppState;
 
 /// Rows per page.
@@ -143,6 +143,7 @@ pub async fn query_runs(
 }
 
 async fn list(
+    _: Reader,
     State(state): State<AppState>,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, PageError> {
@@ -208,7 +209,7 @@ async fn list(
     })
 }
 
-async fn events(State(state): State<AppState>) -> impl IntoResponse {
+async fn events(_: Reader, State(state): State<AppState>) -> impl IntoResponse {
     crate::live::list_events(&state.live)
 }
 
