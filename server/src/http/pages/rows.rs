@@ -106,6 +106,13 @@ pub const RUN_ROW_SELECT: &str = "
     left join job j on j.run_id = r.run_id
     left join worker w on w.worker_id = j.worker_id";
 
+/// [`RUN_ROW_SELECT`] over `source` (a subquery of `run` rows) instead of
+/// the whole table: the list picks its page of runs first, so the epoch
+/// aggregates are computed for 50 runs, not for every run.
+pub fn run_row_select_from(source: &str) -> String {
+    RUN_ROW_SELECT.replacen("from run r", &format!("from {source} r"), 1)
+}
+
 /// One run's summary row, or None.
 pub async fn run_row(db: &PgPool, run_id: Uuid) -> Result<Option<RunRow>, sqlx::Error> {
     sqlx::query_as::<_, RunRow>(&format!("{RUN_ROW_SELECT} where r.run_id = $1"))

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
-use super::rows::{RUN_ROW_SELECT, RunRow};
+use super::rows::{RUN_ROW_SELECT, RunRow, run_row_select_from};
 use super::{PageError, Reader, human_duration, render};
 use crate::http::AppState;
 
@@ -114,10 +114,14 @@ pub async fn query_runs(
           and ($3 = '' or r.kind::text = $3) and ($4 = '' or $4 = any(r.tags))
           and ($5 = '' or r.name ilike $6 or starts_with(r.run_id::text, lower($5))
                or r.preset ilike $6)";
-    let sql = format!(
-        "{RUN_ROW_SELECT} {filter} order by {order} {dir} nulls last, r.created_at desc, r.run_id
-         limit $7 offset $8"
-    );
+    let order_by = format!("order by {order} {dir} nulls last, r.created_at desc, r.run_id");
+    // Sorted by a column of `run` itself: page first, aggregate 50 runs after.
+    let sql = if order.contains("m.") || order.contains("w.") {
+        format!("{RUN_ROW_SELECT} {filter} {order_by} limit $7 offset $8")
+    } else {
+        let page = format!("(select * from run r {filter} {order_by} limit $7 offset $8)");
+        format!("{} {order_by}", run_row_select_from(&page))
+    };
     let pattern = like_pattern(q.q.trim());
     let rows = sqlx::query_as::<_, RunRow>(&sql)
         .bind(&q.status)
