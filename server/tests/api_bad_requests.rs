@@ -103,6 +103,18 @@ fn cases(queued: uuid::Uuid, cancelled: uuid::Uuid, limit: usize) -> Vec<Case> {
             Some("epochs"),
         ),
         post(
+            "batch times accumulation past u32",
+            json!({"batch_size": 4_294_967_295_u32, "accum_iter": 1178, "epochs": 2, "warmup_epochs": 1}),
+            422,
+            Some("batch_size"),
+        ),
+        post(
+            "patch grid past u32",
+            json!({"img_size": 4_294_967_295_u32, "patch_size": 1, "epochs": 2, "warmup_epochs": 1}),
+            422,
+            Some("img_size"),
+        ),
+        post(
             "seed past u64",
             with("seed", json!(18_446_744_073_709_551_616.0_f64)),
             422,

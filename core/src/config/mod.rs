@@ -318,7 +318,9 @@ impl RunConfig {
 
     /// Images per optimizer step.
     pub fn effective_batch(&self) -> u32 {
-        self.batch_size * self.accum_iter
+        // Saturating: validation calls this before batch_size and accum_iter
+        // are range-checked (found by scripts/fuzz-api: a panic, not a 422).
+        self.batch_size.saturating_mul(self.accum_iter)
     }
 
     /// The absolute peak learning rate: `lr`, or `blr * effective batch / 256`.

@@ -28,7 +28,9 @@ impl ModelShape {
 
     /// Patches per image.
     pub fn num_patches(&self) -> u32 {
-        self.grid() * self.grid()
+        // Saturating: validation computes this before it has range-checked
+        // the sizes, and a submitted 2^32-1 must be refused, not overflow.
+        self.grid().saturating_mul(self.grid())
     }
 }
 
