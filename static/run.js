@@ -15,19 +15,21 @@
   const C = window.maelabCharts;
   let charts = [];
 
+  // Read at every redraw (not when a chart is built), so the slider applies at once.
+  function smoothing() { return parseFloat(smoothBox.value) || 0; }
+
   function defs() {
-    const alpha = parseFloat(smoothBox.value) || 0;
     const log = logBox.checked;
     const list = [
       { key: "step-loss", title: "Training loss per step", x: "step", log: log,
-        data: function () { return [S.step, S.train_loss, C.ema(S.train_loss, alpha)]; },
+        data: function () { return [S.step, S.train_loss, C.ema(S.train_loss, smoothing())]; },
         series: [{ label: "loss", color: "#9ecae1", width: 1 }, { label: "smoothed", color: "#1f77b4" }],
         show: function () { return S.step.length > 0; } },
       { key: "lr", title: "Learning rate", x: "step", log: log,
         data: function () { return [S.step, S.lr]; },
         series: [{ label: "lr" }], show: function () { return S.step.length > 0; } },
       { key: "epoch-loss", title: "Loss per epoch", x: "epoch", log: log,
-        data: function () { return [E.epoch, C.ema(E.train_loss, alpha), E.test_loss]; },
+        data: function () { return [E.epoch, C.ema(E.train_loss, smoothing()), E.test_loss]; },
         series: [{ label: "train loss" }, { label: "test loss" }],
         show: function () { return E.epoch.length > 0; } },
       { key: "acc", title: "Top-1 / top-5 (%)", x: "epoch", log: false,
@@ -184,7 +186,12 @@
   showRecons(true);
   // For the browser tests and benchmarks: the data drawn, and when the first
   // draw finished (ms since navigation start).
-  window.maelabRun = { epochs: E, steps: S, recons: recons };
+  window.maelabRun = {
+    epochs: E, steps: S, recons: recons,
+    charts: function () {
+      return charts.map(function (c) { return { title: c.def.title, data: c.u.data, distr: c.u.scales.y.distr }; });
+    },
+  };
   window.maelabDrawn = performance.now();
   connect();
 })();

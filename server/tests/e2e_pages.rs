@@ -300,6 +300,12 @@ async fn submit_watch_live_open_reconstruction_and_cancel() {
         "return window.maelabRun.epochs.epoch.length === 1",
     )
     .await;
+    // Charts are redrawn on the next animation frame after the data arrive.
+    b.until(
+        "the epoch charts",
+        "return document.querySelectorAll('.chart').length === 5",
+    )
+    .await;
     let charts = b
         .js("return Array.from(document.querySelectorAll('.chart')).map(c => c.dataset.title)")
         .await;
@@ -308,12 +314,32 @@ async fn submit_watch_live_open_reconstruction_and_cancel() {
         "Learning rate",
         "Loss per epoch",
         "PSNR of masked patches (dB)",
+        "High-frequency ratio",
     ] {
         assert!(
             charts.as_array().expect("titles").contains(&json!(title)),
             "{title} in {charts}"
         );
     }
+    // Smoothing and the log scale act on the drawn charts.
+    b.js("const s = document.getElementById('smoothing'); s.value = '0.9'; s.dispatchEvent(new Event('input')); return null").await;
+    let smoothed = b
+        .until(
+            "smoothed step loss",
+            "const c = window.maelabRun.charts().find(c => c.title === 'Training loss per step'); const raw = c.data[1], sm = c.data[2]; return sm[19] > raw[19] * 1.5",
+        )
+        .await;
+    assert_eq!(smoothed, json!(true));
+    c.find(Locator::Id("log-scale"))
+        .await
+        .expect("log toggle")
+        .click()
+        .await
+        .expect("click");
+    let distr = b
+        .js("return window.maelabRun.charts().find(c => c.title === 'Training loss per step').distr")
+        .await;
+    assert_eq!(distr, json!(3), "log scale");
     let progress = c
         .find(Locator::Id("progress-text"))
         .await
