@@ -373,6 +373,22 @@ async fn submit_watch_live_open_reconstruction_and_cancel() {
         json!("image/png")
     );
 
+    // The compare page overlays the run's curves with uPlot.
+    b.goto(&format!("/compare?run={run_id}")).await;
+    let titles = b
+        .until(
+            "compare charts",
+            "const t = Array.from(document.querySelectorAll('#compare-charts .chart')).map(c => c.dataset.title); return t.length ? t : null",
+        )
+        .await;
+    assert!(
+        titles
+            .as_array()
+            .expect("titles")
+            .contains(&json!("Training loss")),
+        "{titles}"
+    );
+
     // Cancel from the page; the worker learns it at its heartbeat and stops.
     b.goto(&path).await;
     c.find(Locator::Id("cancel"))
