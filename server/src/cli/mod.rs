@@ -41,10 +41,16 @@ pub struct Conn {
     pub token: Option<String>,
 }
 
+/// Shown under `maelab submit --help` and `maelab watch --help`.
+const EXIT_CODES: &str = "Exit codes: 0 the run succeeded (and met every --fail-under bar); \
+1 the run failed or was cancelled; 2 it succeeded but missed a bar; \
+3 usage error, invalid config, refused request or no connection.";
+
 /// The client subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
     /// Submit a run from a TOML config; with --wait, wait for it to finish.
+    #[command(after_help = EXIT_CODES)]
     Submit(submit::SubmitArgs),
     /// List, show or export runs.
     #[command(subcommand)]
@@ -52,6 +58,7 @@ pub enum ClientCommand {
     /// Cancel a queued or running run.
     Cancel(runs::CancelArgs),
     /// Follow a run: one line per epoch and a progress bar, until it ends.
+    #[command(after_help = EXIT_CODES)]
     Watch(watch::WatchArgs),
     /// Create, list or revoke API tokens (talks to the database directly).
     #[command(subcommand)]
