@@ -530,8 +530,18 @@ async fn bars_10k_points_draw_under_1s_and_epochs_arrive_under_500ms_with_200_cl
         lat.len()
     );
     assert!(lat[lat.len() - 1] < 500.0, "latencies {lat:?}");
+    // Clients that hang up free their streams on the server (real TCP, not oneshot).
     for t in crowd {
         t.abort();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.state.live.subscribers() > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "{} streams still open after the clients left",
+            p.state.live.subscribers()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     b.client.clone().close().await.expect("close");
 }
