@@ -9,3 +9,4 @@ pub mod metrics;
 pub mod model;
 pub mod queue;
 pub mod telemetry;
+pub mod train;

@@ -66,7 +66,7 @@ fn masking_keeps_floor_of_n_times_one_minus_ratio() {
     let x = Tensor::randn([4, 64, 8], (Kind::Float, Device::Cpu));
     for ratio in [0.75, 0.7, 0.5, 0.9] {
         let keep = len_keep(64, ratio);
-        assert_eq!(keep, (64.0 * (1.0 - ratio) as f64).floor() as i64);
+        assert_eq!(keep, (64.0 * (1.0 - ratio)).floor() as i64);
         let m = random_masking(&x, ratio, &noise(1, 4, 64));
         assert_eq!(m.x.size(), [4, keep, 8]);
         let removed = m.mask.sum_dim_intlist(1, false, Kind::Float);

@@ -1,8 +1,210 @@
+//! `maelab-worker bench`: images/second of full training steps (forward,
+//! backward, AdamW) on synthetic data, and peak memory. The PyTorch eager
+//! reference of the same architecture is benches/pytorch_mae.py.
+
 use std::process::ExitCode;
+use std::time::Instant;
+
+use maelab_core::config::{ModelKind, RunConfig, RunConfigInput, RunKind, WaveIn};
+use tch::{Device, Kind, Tensor, nn};
+
+use crate::model::masking::masking_noise;
+use crate::model::wave::{finetune_attn, pretrain_attn};
+use crate::model::{Classifier, Mae, MaeConfig, n_parameters};
+use crate::train::optim::{AdamW, AdamWConfig};
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Mode {
+    Pretrain,
+    Finetune,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Model {
+    Mae,
+    #[value(name = "wave_mae")]
+    WaveMae,
+}
+
+/// `wave_in` of a Wave-MAE bench (ml.md, "Wave-MAE").
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum WaveInArg {
+    Encoder,
+    Decoder,
+    Both,
+}
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    #[arg(long, value_enum, default_value = "mae")]
+    model: Model,
+    /// Where Wave-MAE's wavelet attention goes (with --model wave-mae).
+    #[arg(long, value_enum, default_value = "decoder")]
+    wave_in: WaveInArg,
+    #[arg(long, default_value = "vit-tiny/4")]
+    preset: String,
+    #[arg(long, value_enum, default_value = "pretrain")]
+    mode: Mode,
+    #[arg(long, default_value_t = 128)]
+    batch: u32,
+    /// Timed steps.
+    #[arg(long, default_value_t = 10)]
+    steps: u32,
+    /// Untimed steps first (allocator and kernel warm-up).
+    #[arg(long, default_value_t = 2)]
+    warmup: u32,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long)]
+    threads: Option<usize>,
+}
 
-pub fn main(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`maelab-worker bench` is being built (see the issue tracker)")
+/// Peak resident memory of this process in MiB (VmHWM), Linux only.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+pub fn main(args: Args) -> anyhow::Result<ExitCode> {
+    let (model, wave_in) = match args.model {
+        Model::Mae => (ModelKind::Mae, None),
+        Model::WaveMae => (
+            ModelKind::WaveMae,
+            Some(match args.wave_in {
+                WaveInArg::Encoder => WaveIn::Encoder,
+                WaveInArg::Decoder => WaveIn::Decoder,
+                WaveInArg::Both => WaveIn::Both,
+            }),
+        ),
+    };
+    let kind = match args.mode {
+        Mode::Pretrain => RunKind::Pretrain,
+        Mode::Finetune => RunKind::Finetune,
+    };
+    let config = RunConfig::resolve(RunConfigInput {
+        kind: Some(kind),
+        model: Some(model),
+        wave_in,
+        preset: Some(args.preset.clone()),
+        batch_size: Some(args.batch),
+        ..Default::default()
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let device = crate::train::parse_device(&args.device)?;
+    if let Some(n) = args.threads {
+        tch::set_num_threads(n.max(1) as i32);
+    }
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(device);
+    let shape = &config.shape;
+    let b = i64::from(args.batch);
+    let imgs = Tensor::randn(
+        [b, 3, i64::from(shape.img_size), i64::from(shape.img_size)],
+        (Kind::Float, device),
+    );
+    let labels = Tensor::randint(i64::from(shape.num_classes), [b], (Kind::Int64, device));
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+    let num_patches = i64::from(shape.num_patches());
+    let step_fn: Box<dyn FnMut() -> Tensor> = match args.mode {
+        Mode::Pretrain => {
+            let (encoder_attn, decoder_attn) = pretrain_attn(&config);
+            let mae = Mae::new(
+                &vs.root(),
+                &MaeConfig {
+                    shape: shape.clone(),
+                    norm_pix_loss: true,
+                    encoder_attn,
+                    decoder_attn,
+                },
+            )?;
+            let ratio = config.mask_ratio;
+            Box::new(move || {
+                let noise = masking_noise(&mut rng, b, num_patches, device);
+                mae.forward(&imgs, ratio, &noise, true).loss
+            })
+        }
+        Mode::Finetune => {
+            let model =
+                Classifier::new(&vs.root(), shape, config.drop_path, finetune_attn(&config))?;
+            let smoothing = config.smoothing;
+            Box::new(move || {
+                model.forward(&imgs, true).cross_entropy_loss(
+                    &labels,
+                    None::<Tensor>,
+                    tch::Reduction::Mean,
+                    -100,
+                    smoothing,
+                )
+            })
+        }
+    };
+    let mut step_fn = step_fn;
+    let betas = if matches!(args.mode, Mode::Pretrain) {
+        (0.9, 0.95)
+    } else {
+        (0.9, 0.999)
+    };
+    let mut optim = AdamW::new(
+        &vs,
+        AdamWConfig {
+            betas,
+            eps: 1e-8,
+            weight_decay: config.weight_decay,
+            layer_decay: config.layer_decay,
+            depth: shape.depth,
+        },
+    );
+    let mut run_steps = |n: u32| -> f64 {
+        let mut last = 0.0;
+        for _ in 0..n {
+            optim.zero_grad();
+            let loss = step_fn();
+            loss.backward();
+            optim.step(1e-4);
+            last = loss.double_value(&[]); // syncs the device, like a real step's check
+        }
+        last
+    };
+    run_steps(args.warmup);
+    if let Device::Cuda(_) = device {
+        tch::Cuda::synchronize(0);
+    }
+    let start = Instant::now();
+    let loss = run_steps(args.steps);
+    let seconds = start.elapsed().as_secs_f64();
+    let ips = f64::from(args.steps) * b as f64 / seconds;
+    let mode = match args.mode {
+        Mode::Pretrain => "pretrain",
+        Mode::Finetune => "finetune",
+    };
+    println!(
+        "model {}{} preset {} mode {mode} batch {} steps {} device {} threads {}",
+        config.model.as_str(),
+        config
+            .wave_in
+            .map(|w| format!(" wave_in {w:?}").to_lowercase())
+            .unwrap_or_default(),
+        args.preset,
+        args.batch,
+        args.steps,
+        args.device,
+        tch::get_num_threads()
+    );
+    println!("n_parameters {}", n_parameters(&vs));
+    println!("images_per_second {ips:.1}");
+    println!(
+        "seconds_per_step {:.3}",
+        seconds / f64::from(args.steps.max(1))
+    );
+    println!("last_loss {loss:.4}");
+    match peak_rss_mib() {
+        Some(mib) => println!("peak_rss_mib {mib:.0}"),
+        None => println!("peak_rss_mib unavailable"),
+    }
+    if device.is_cuda() {
+        println!("cuda_peak_memory unavailable through tch (use nvidia-smi)");
+    }
+    Ok(ExitCode::SUCCESS)
 }
