@@ -43,9 +43,9 @@ pub fn app(state: AppState) -> Router {
     let static_files = ServeDir::new(&state.settings.static_dir);
     Router::new()
         .route("/healthz", get(health::healthz))
+        .merge(pages::router())
         .merge(api::router())
         .merge(crate::auth::session::router())
-        .merge(pages::router())
         .nest_service("/static", static_files)
         .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http())
