@@ -1,0 +1,301 @@
+//! The pieces together with real training: the built `maelab-worker run`
+//! process claims runs made by `maelab_core::db::runs::create_run`, trains
+//! them on the CPU (a 2-block vit-micro on a small synthetic CIFAR-format
+//! dataset) and streams epochs, steps, reconstructions and checkpoints into
+//! PostgreSQL; a finetune starts from its parent's checkpoint fetched from
+//! the database; a run whose data is missing fails with the path named, and
+//! the worker goes on to the next job.
+
+mod queue_support;
+mod train_support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use maelab_core::RunConfig;
+use maelab_core::db::runs::{self, RunError};
+use maelab_core::db::testing::TestDb;
+use queue_support::{load_test_run, wait_status};
+use sqlx::PgPool;
+use tempfile::TempDir;
+use train_support::{config, write_dataset};
+use uuid::Uuid;
+
+const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+/// A `maelab-worker run` process whose log goes to a file, killed on drop.
+struct LoggedWorker {
+    child: Child,
+    log: PathBuf,
+}
+
+impl LoggedWorker {
+    fn spawn(url: &str, dir: &Path) -> Self {
+        let log = dir.join("worker.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_maelab-worker"))
+            .args(["run", "--database-url", url, "--device", "cpu"])
+            .args(["--poll-interval", "0.5", "--threads", "1"])
+            .args(["--loader-threads", "1", "--cache-dir"])
+            .arg(dir.join("cache"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn maelab-worker");
+        Self { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for LoggedWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The tiny model of `train_support::config`, small data, two epochs.
+fn tiny(kind: &str, data: &Path, extra: &str) -> RunConfig {
+    let base = "epochs = 2\nbatch_size = 32\ntrain_subset = 128\ntest_subset = 64\n\
+                warmup_epochs = 0.5";
+    config(kind, data, &format!("{base}\n{extra}"))
+}
+
+/// Wait for a final status; on a timeout or an unexpected one, show the log.
+async fn wait_final(pool: &PgPool, run_id: Uuid, worker: &LoggedWorker, limit: Duration) -> String {
+    let end = Instant::now() + limit;
+    loop {
+        let status = queue_support::run_status(pool, run_id).await;
+        if matches!(status.as_str(), "succeeded" | "failed" | "cancelled") {
+            return status;
+        }
+        assert!(
+            Instant::now() < end,
+            "run {run_id} still {status} after {limit:?}; worker log:\n{}",
+            worker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn run_error(pool: &PgPool, run_id: Uuid) -> Option<String> {
+    sqlx::query_scalar("select error from run where run_id = $1")
+        .bind(run_id)
+        .fetch_one(pool)
+        .await
+        .expect("error column")
+}
+
+/// (epoch, train_loss, train_lr, test_loss, test_acc1, test_acc5, psnr, hf_ratio)
+type EpochCols = (
+    i32,
+    f64,
+    f64,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+);
+
+async fn epoch_rows(pool: &PgPool, run_id: Uuid) -> Vec<EpochCols> {
+    sqlx::query_as(
+        "select epoch, train_loss, train_lr, test_loss, test_acc1, test_acc5, psnr, hf_ratio
+         from epoch_metric where run_id = $1 order by epoch",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await
+    .expect("epoch rows")
+}
+
+/// (kind, epoch, name, bytes) of every artifact of the run.
+async fn artifacts(pool: &PgPool, run_id: Uuid) -> Vec<(String, Option<i32>, String, Vec<u8>)> {
+    sqlx::query_as(
+        "select kind, epoch, name, bytes from artifact where run_id = $1 order by artifact_id",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await
+    .expect("artifacts")
+}
+
+#[tokio::test]
+async fn pretrain_then_finetune_from_its_checkpoint_in_the_database() {
+    let tmp = TempDir::new().expect("tempdir");
+    let data = write_dataset(&tmp.path().join("data"), 40, 64);
+    let db = TestDb::new().await.expect("db");
+    let worker = LoggedWorker::spawn(&db.url, tmp.path());
+    let started = Instant::now();
+
+    // (a) Pretrain: epochs, steps, a reconstruction per epoch, a checkpoint.
+    let pre_cfg = tiny("pretrain", &data, "");
+    let pre = runs::create_run(&db.pool, &pre_cfg, Some("test"))
+        .await
+        .expect("create pretrain");
+    let status = wait_final(&db.pool, pre.run_id, &worker, Duration::from_secs(90)).await;
+    assert_eq!(
+        status,
+        "succeeded",
+        "error: {:?}\nworker log:\n{}",
+        run_error(&db.pool, pre.run_id).await,
+        worker.log()
+    );
+    let pretrain_secs = started.elapsed().as_secs_f64();
+    let rows = epoch_rows(&db.pool, pre.run_id).await;
+    assert_eq!(
+        rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [0, 1],
+        "exactly `epochs` epoch rows"
+    );
+    for (epoch, loss, lr, test_loss, acc1, _, psnr, hf_ratio) in &rows {
+        assert!(
+            loss.is_finite() && *loss > 0.0,
+            "epoch {epoch} train_loss {loss}"
+        );
+        assert!(lr.is_finite() && *lr > 0.0, "epoch {epoch} train_lr {lr}");
+        assert!(
+            test_loss.is_none() && acc1.is_none(),
+            "pretrain has no test accuracy"
+        );
+        let psnr = psnr.expect("pretrain rows carry psnr");
+        assert!(psnr.is_finite() && psnr > 0.0, "psnr {psnr}");
+        let hf = hf_ratio.expect("pretrain rows carry hf_ratio");
+        assert!(hf.is_finite() && hf >= 0.0, "hf_ratio {hf}");
+    }
+    let steps: Vec<(i32, i32, f64)> = sqlx::query_as(
+        "select epoch, step, progress from step_metric where run_id = $1 order by step",
+    )
+    .bind(pre.run_id)
+    .fetch_all(&db.pool)
+    .await
+    .expect("steps");
+    for epoch in [0, 1] {
+        let last = steps
+            .iter()
+            .filter(|s| s.0 == epoch)
+            .map(|s| s.2)
+            .fold(f64::NAN, f64::max);
+        assert_eq!(
+            last, 1.0,
+            "epoch {epoch} steps reach the epoch's end: {steps:?}"
+        );
+    }
+    let arts = artifacts(&db.pool, pre.run_id).await;
+    let recons: Vec<_> = arts.iter().filter(|a| a.0 == "reconstruction").collect();
+    assert_eq!(
+        recons.iter().map(|a| a.1).collect::<Vec<_>>(),
+        [Some(0), Some(1)],
+        "one reconstruction per epoch"
+    );
+    for (_, _, name, bytes) in &recons {
+        assert!(bytes.starts_with(PNG_SIGNATURE), "{name} is not a PNG");
+        image::load_from_memory(bytes).expect("the PNG decodes");
+    }
+    let checkpoints: Vec<_> = arts.iter().filter(|a| a.0 == "checkpoint").collect();
+    assert!(
+        checkpoints
+            .iter()
+            .any(|a| a.1 == Some(1) && a.2.ends_with(".safetensors") && a.3.len() > 1000),
+        "the last epoch's weights are stored: {:?}",
+        checkpoints.iter().map(|a| &a.2).collect::<Vec<_>>()
+    );
+
+    // A finetune of another encoder shape is refused before it is queued.
+    let mut foreign = tiny("finetune", &data, "embed_dim = 64");
+    foreign.parent_run = Some(pre.run_id);
+    match runs::create_run(&db.pool, &foreign, None).await {
+        Err(RunError::Invalid(errs)) => {
+            assert!(errs.to_string().contains("embed_dim"), "{errs}");
+        }
+        other => panic!("a foreign-shaped finetune was accepted: {other:?}"),
+    }
+
+    // (b) Finetune from the pretrain run's last checkpoint (no parent_epoch:
+    // the last one of a succeeded run).
+    let mut ft_cfg = tiny("finetune", &data, "");
+    ft_cfg.parent_run = Some(pre.run_id);
+    let ft = runs::create_run(&db.pool, &ft_cfg, Some("test"))
+        .await
+        .expect("create finetune");
+    let status = wait_final(&db.pool, ft.run_id, &worker, Duration::from_secs(90)).await;
+    assert_eq!(
+        status,
+        "succeeded",
+        "error: {:?}\nworker log:\n{}",
+        run_error(&db.pool, ft.run_id).await,
+        worker.log()
+    );
+    let rows = epoch_rows(&db.pool, ft.run_id).await;
+    assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), [0, 1]);
+    for (epoch, loss, _, test_loss, acc1, acc5, _, _) in &rows {
+        assert!(loss.is_finite(), "epoch {epoch} train_loss {loss}");
+        let test_loss = test_loss.expect("finetune rows carry test_loss");
+        let (acc1, acc5) = (acc1.expect("test_acc1"), acc5.expect("test_acc5"));
+        assert!(
+            test_loss.is_finite() && test_loss > 0.0,
+            "test_loss {test_loss}"
+        );
+        assert!((0.0..=100.0).contains(&acc1), "test_acc1 {acc1}");
+        assert!(
+            acc5 >= acc1 && acc5 <= 100.0,
+            "test_acc5 {acc5} < top-1 {acc1}"
+        );
+    }
+    // The worker fetched the parent's checkpoint from the database and the
+    // trainer loaded its encoder.
+    let log = worker.log();
+    assert!(
+        log.lines().any(
+            |l| l.contains("encoder loaded from the pretrain checkpoint")
+                && l.contains("parent.safetensors")
+        ),
+        "no encoder load in the worker log:\n{log}"
+    );
+    for line in log
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+    {
+        println!("worker: {line}");
+    }
+    println!(
+        "pretrain finished after {pretrain_secs:.1} s, finetune after {:.1} s in all",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test]
+async fn a_missing_dataset_fails_the_run_with_its_path_and_the_worker_goes_on() {
+    let tmp = TempDir::new().expect("tempdir");
+    let db = TestDb::new().await.expect("db");
+    let missing = tmp.path().join("no-such-dataset");
+    let bad = runs::create_run(&db.pool, &tiny("pretrain", &missing, ""), None)
+        .await
+        .expect("create");
+    let next = load_test_run(&db.pool, 2, 0).await;
+    let mut worker = LoggedWorker::spawn(&db.url, tmp.path());
+    let status = wait_final(&db.pool, bad.run_id, &worker, Duration::from_secs(60)).await;
+    assert_eq!(status, "failed");
+    let error = run_error(&db.pool, bad.run_id).await.unwrap_or_default();
+    assert!(
+        error.contains(&missing.display().to_string()),
+        "the reason names the path: {error:?}"
+    );
+    let attempts: i32 = sqlx::query_scalar("select attempt from job where run_id = $1")
+        .bind(bad.run_id)
+        .fetch_one(&db.pool)
+        .await
+        .expect("attempt");
+    assert_eq!(attempts, 1, "bad data is not retried");
+    wait_status(&db.pool, next.run_id, "succeeded", Duration::from_secs(30)).await;
+    assert!(worker.is_running(), "the worker keeps running");
+}
