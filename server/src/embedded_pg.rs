@@ -229,12 +229,12 @@ impl EmbeddedPostgres {
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let stdout = String::from_utf8_lossy(&out.stdout);
+            // The last non-empty line is the one that says what went wrong.
             let detail = stderr
                 .lines()
                 .chain(stdout.lines())
                 .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .last()
+                .rfind(|l| !l.is_empty())
                 .unwrap_or("no output")
                 .to_string();
             return Err(EmbeddedPgError::Command {
@@ -272,10 +272,10 @@ fn find_bin_dir() -> Result<PathBuf, EmbeddedPgError> {
             Err(EmbeddedPgError::MissingTool("initdb"))
         };
     }
-    if let Some(path) = std::env::var_os("PATH") {
-        if let Some(dir) = std::env::split_paths(&path).find(|d| has_tools(d)) {
-            return Ok(dir);
-        }
+    if let Some(path) = std::env::var_os("PATH")
+        && let Some(dir) = std::env::split_paths(&path).find(|d| has_tools(d))
+    {
+        return Ok(dir);
     }
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()

@@ -42,7 +42,7 @@ pub(super) fn check(c: &RunConfig) -> Vec<ConfigError> {
     // Model shape.
     errs.range_u32("img_size", s.img_size, 8, 512);
     errs.range_u32("patch_size", s.patch_size, 1, 64);
-    if s.patch_size >= 1 && s.img_size % s.patch_size != 0 {
+    if s.patch_size >= 1 && !s.img_size.is_multiple_of(s.patch_size) {
         errs.push(
             "patch_size",
             format!("{} does not divide img_size {}", s.patch_size, s.img_size),
@@ -51,7 +51,7 @@ pub(super) fn check(c: &RunConfig) -> Vec<ConfigError> {
     errs.range_u32("embed_dim", s.embed_dim, 4, 4096);
     errs.range_u32("depth", s.depth, 1, 48);
     errs.range_u32("num_heads", s.num_heads, 1, 64);
-    if s.num_heads >= 1 && s.embed_dim % s.num_heads != 0 {
+    if s.num_heads >= 1 && !s.embed_dim.is_multiple_of(s.num_heads) {
         errs.push(
             "num_heads",
             format!("{} does not divide embed_dim {}", s.num_heads, s.embed_dim),
@@ -60,7 +60,7 @@ pub(super) fn check(c: &RunConfig) -> Vec<ConfigError> {
     errs.range_u32("decoder_embed_dim", s.decoder_embed_dim, 4, 4096);
     errs.range_u32("decoder_depth", s.decoder_depth, 1, 48);
     errs.range_u32("decoder_num_heads", s.decoder_num_heads, 1, 64);
-    if s.decoder_num_heads >= 1 && s.decoder_embed_dim % s.decoder_num_heads != 0 {
+    if s.decoder_num_heads >= 1 && !s.decoder_embed_dim.is_multiple_of(s.decoder_num_heads) {
         errs.push(
             "decoder_num_heads",
             format!(
@@ -76,13 +76,13 @@ pub(super) fn check(c: &RunConfig) -> Vec<ConfigError> {
         (ModelKind::Mae, Some(_)) => errs.push("wave_in", "is only for model = \"wave_mae\""),
         (ModelKind::WaveMae, None) => errs.push("wave_in", "is required for model = \"wave_mae\""),
         (ModelKind::WaveMae, Some(wave_in)) => {
-            let grid_ok = s.patch_size >= 1 && s.img_size % s.patch_size == 0;
+            let grid_ok = s.patch_size >= 1 && s.img_size.is_multiple_of(s.patch_size);
             let grid = if grid_ok {
                 s.img_size / s.patch_size
             } else {
                 0
             };
-            if grid_ok && grid % 2 != 0 {
+            if grid_ok && !grid.is_multiple_of(2) {
                 errs.push(
                     "wave_in",
                     format!(
@@ -103,14 +103,14 @@ pub(super) fn check(c: &RunConfig) -> Vec<ConfigError> {
                 ],
             };
             for (field, dim) in dims {
-                if dim % 4 != 0 {
+                if !dim.is_multiple_of(4) {
                     errs.push(
                         *field,
                         format!("{dim} must be divisible by 4 for wave attention's C/4 reduction"),
                     );
                 }
             }
-            if c.wave_sr == 0 || (grid_ok && grid >= 2 && (grid / 2) % c.wave_sr != 0) {
+            if c.wave_sr == 0 || (grid_ok && grid >= 2 && !(grid / 2).is_multiple_of(c.wave_sr)) {
                 errs.push(
                     "wave_sr",
                     format!("{} must divide the DWT grid side {}", c.wave_sr, grid / 2),
@@ -155,7 +155,7 @@ pub(super) fn check(c: &RunConfig) -> Vec<ConfigError> {
     // Pretraining.
     if !(c.mask_ratio.is_finite() && c.mask_ratio > 0.0 && c.mask_ratio < 1.0) {
         errs.push("mask_ratio", format!("{} must be in (0, 1)", c.mask_ratio));
-    } else if s.patch_size >= 1 && s.img_size % s.patch_size == 0 {
+    } else if s.patch_size >= 1 && s.img_size.is_multiple_of(s.patch_size) {
         let n = f64::from(s.num_patches());
         if (n * (1.0 - c.mask_ratio)).floor() < 1.0 {
             errs.push(
