@@ -1,43 +1,52 @@
 //! `GET /api/v1/runs/{run_id}/events`: server-sent events for one run, for
 //! clients that follow a run live (the CLI's `watch`, scripts).
 //!
-//! Events: `status` (data: `{"status": …}`) whenever the run's status changes,
-//! and `epoch` (data: the epoch row, id: the epoch number) for each epoch row.
-//! A client that reconnects with `Last-Event-ID: <epoch>` gets only later
-//! epochs, so it sees no gap and no duplicate. The stream ends after the run
-//! reaches a final status.
+//! Events: `status` (data: `{"run_id": …, "status": …}`) whenever the run's
+//! status changes, and `epoch` (data: the epoch row, id: the epoch number) for
+//! each epoch row. A client that reconnects with `Last-Event-ID: <epoch>` gets
+//! only later epochs, so it sees no gap and no duplicate. The stream ends after
+//! the run reaches a final status.
 //!
-//! Until the server's shared LISTEN fan-out (`live.rs`) is wired in, the
-//! stream looks for changes once a second; it reads only the run's status and
-//! the epochs after the last one sent.
+//! The stream follows the server's one LISTEN hub ([`crate::live`]), like the
+//! run page: no timer. It subscribes before it reads the history, then wakes
+//! on the hub's events for its run. Status changes come straight from the
+//! hub's row; a new epoch is read from the table after the stream's cursor
+//! (one indexed query per client and epoch), because the API's epoch row
+//! carries `extra` and `recorded_at`, which the page rows the hub broadcasts
+//! do not. A lagged receiver or a hub resync reads what it missed, as a page
+//! does.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use sqlx::PgPool;
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use super::paths::RunPath;
 use crate::auth::ReadAccess;
 use crate::http::{AppError, AppState};
+use crate::live::LiveEvent;
 use crate::read_model::metrics;
-
-/// How often the stream looks for new rows.
-const POLL: Duration = Duration::from_secs(1);
 
 struct Follow {
     db: PgPool,
+    /// Subscribed to the hub before the first look at the tables, so nothing
+    /// committed in between is missed (a copy is dropped by the cursor).
+    rx: broadcast::Receiver<LiveEvent>,
     run_id: Uuid,
     last_epoch: Option<i32>,
     last_status: Option<String>,
     pending: VecDeque<Event>,
     finished: bool,
-    first: bool,
+    /// Read the run's status and the epochs after `last_epoch` from the
+    /// tables before waiting on the hub again (start, new epoch, lag, resync).
+    look_again: bool,
 }
 
 fn terminal(status: &str) -> bool {
@@ -45,6 +54,36 @@ fn terminal(status: &str) -> bool {
 }
 
 impl Follow {
+    fn push_status(&mut self, status: &str) {
+        if self.last_status.as_deref() == Some(status) {
+            return;
+        }
+        let data = serde_json::json!({ "run_id": self.run_id, "status": status });
+        self.pending
+            .push_back(Event::default().event("status").data(data.to_string()));
+        self.last_status = Some(status.to_string());
+    }
+
+    /// What a hub event means for this stream.
+    fn apply(&mut self, ev: &LiveEvent) {
+        match ev {
+            // A final status: read the epochs written before it (the hub may
+            // broadcast the run's row ahead of an epoch of the same wake-up),
+            // then the status, then end.
+            LiveEvent::Run(run) if run.run_id == self.run_id && terminal(&run.status) => {
+                self.look_again = true;
+            }
+            LiveEvent::Run(run) if run.run_id == self.run_id => self.push_status(&run.status),
+            LiveEvent::Epoch(row)
+                if row.run_id == self.run_id && Some(row.epoch) > self.last_epoch =>
+            {
+                self.look_again = true;
+            }
+            LiveEvent::Resync => self.look_again = true,
+            _ => {}
+        }
+    }
+
     /// Queue the events that happened since the last look. Errors end the
     /// stream with an `error` event (the client may reconnect).
     async fn look(&mut self) {
@@ -66,12 +105,7 @@ impl Follow {
                         self.pending.push_back(ev);
                     }
                 }
-                if self.last_status.as_deref() != Some(status.as_str()) {
-                    let data = serde_json::json!({ "run_id": self.run_id, "status": status });
-                    self.pending
-                        .push_back(Event::default().event("status").data(data.to_string()));
-                    self.last_status = Some(status.clone());
-                }
+                self.push_status(&status);
                 self.finished = terminal(&status);
             }
             (Ok(None), _) => {
@@ -102,11 +136,19 @@ fn follow(state: Follow) -> impl Stream<Item = Result<Event, Infallible>> {
             if st.finished {
                 return None;
             }
-            if !st.first {
-                tokio::time::sleep(POLL).await;
+            if st.look_again {
+                st.look_again = false;
+                st.look().await;
+                continue;
             }
-            st.first = false;
-            st.look().await;
+            match st.rx.recv().await {
+                Ok(ev) => st.apply(&ev),
+                Err(RecvError::Lagged(n)) => {
+                    tracing::debug!(run_id = %st.run_id, missed = n, "event stream lagged");
+                    st.look_again = true;
+                }
+                Err(RecvError::Closed) => return None,
+            }
         }
     })
 }
@@ -127,12 +169,13 @@ pub async fn events(
         .and_then(|v| v.trim().parse::<i32>().ok());
     let stream = follow(Follow {
         db: state.db.clone(),
+        rx: state.live.subscribe(),
         run_id,
         last_epoch,
         last_status: None,
         pending: VecDeque::new(),
         finished: false,
-        first: true,
+        look_again: true,
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
