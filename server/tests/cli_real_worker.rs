@@ -1,0 +1,283 @@
+//! The CI path end to end with nothing simulated: `maelab serve` on a free
+//! port with its own database, a real `maelab-worker run` process training on
+//! the CPU, and `maelab submit` as a pipeline calls it. A tiny pretrain run
+//! with `--wait` exits 0; a tiny finetune of it with a bar no run can meet
+//! (`--fail-under test_acc1=101`) exits 2.
+//!
+//! The server crate cannot depend on the worker crate (it never links
+//! libtorch), so the worker binary is looked up beside `maelab` in the same
+//! target folder. `scripts/test` builds the whole workspace first; a plain
+//! `cargo test -p maelab-server` before the worker was ever built skips this
+//! test with a message saying so.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use maelab_core::db::testing::TestDb;
+
+const BIN: &str = env!("CARGO_BIN_EXE_maelab");
+
+/// `maelab-worker` in the folder `maelab` was built into.
+fn worker_binary() -> PathBuf {
+    Path::new(BIN).with_file_name(format!("maelab-worker{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// A child process, killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A scratch folder, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("maelab-cli-worker-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A small dataset in the CIFAR-10 binary format (label byte, then 3x32x32
+/// bytes): 5 x 40 training images and 64 test images, classes round-robin,
+/// each class its own tint so a finetune has something to learn.
+fn write_dataset(dir: &Path) {
+    std::fs::create_dir_all(dir).expect("dataset dir");
+    let mut seed: u32 = 7;
+    let mut records = |n: usize| -> Vec<u8> {
+        let mut out = Vec::with_capacity(n * 3073);
+        for k in 0..n {
+            let class = u8::try_from(k % 10).expect("class");
+            out.push(class);
+            for ch in 0..3u32 {
+                for _ in 0..1024 {
+                    seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                    let noise = (seed >> 16) % 48;
+                    let tint = (u32::from(class) * 23 * (ch + 1)) % 160;
+                    out.push(u8::try_from(tint + noise).expect("pixel"));
+                }
+            }
+        }
+        out
+    };
+    for i in 1..=5 {
+        std::fs::write(dir.join(format!("data_batch_{i}.bin")), records(40)).expect("write");
+    }
+    std::fs::write(dir.join("test_batch.bin"), records(64)).expect("write");
+}
+
+/// A tiny vit-micro run on `data`, two epochs; `extra` adds TOML lines.
+fn tiny_toml(kind: &str, data: &Path, extra: &str) -> String {
+    format!(
+        r#"name = "cli-real-{kind}"
+kind = "{kind}"
+model = "mae"
+preset = "vit-micro/4"
+embed_dim = 32
+depth = 2
+num_heads = 2
+decoder_embed_dim = 32
+decoder_depth = 1
+decoder_num_heads = 2
+epochs = 2
+warmup_epochs = 0.5
+batch_size = 32
+train_subset = 128
+test_subset = 64
+dataset = "{}"
+tags = ["ci"]
+{extra}
+"#,
+        data.display()
+    )
+}
+
+/// Run the CLI, killing it after `limit`.
+fn cli(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn maelab");
+    let end = Instant::now() + limit;
+    while matches!(child.try_wait(), Ok(None)) {
+        if Instant::now() > end {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("maelab output")
+}
+
+fn describe(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[tokio::test]
+async fn submit_wait_and_a_missed_bar_with_a_real_worker() {
+    let worker_bin = worker_binary();
+    if !worker_bin.is_file() {
+        println!(
+            "SKIPPED: {} is not built; run `cargo build -p maelab-worker` (scripts/test builds \
+             the whole workspace) to run this test",
+            worker_bin.display()
+        );
+        return;
+    }
+    let scratch = Scratch::new();
+    let data = scratch.0.join("data");
+    write_dataset(&data);
+    let db = TestDb::new().await.expect("test database");
+    let url = db.url.clone();
+
+    let created = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            cli(
+                &["token", "create", "--name", "ci"],
+                &[("DATABASE_URL", &url)],
+                Duration::from_secs(30),
+            )
+        }
+    })
+    .await
+    .expect("join");
+    assert_eq!(created.status.code(), Some(0), "{}", describe(&created));
+    let token = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    assert!(token.starts_with("mlb_"), "{token}");
+
+    let port = free_port();
+    let _server = Proc(
+        Command::new(BIN)
+            .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+            .env("DATABASE_URL", &url)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn maelab serve"),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = reqwest::get(format!("{base}/healthz")).await
+            && r.status().is_success()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let worker_log = scratch.0.join("worker.log");
+    let _worker = Proc(
+        Command::new(&worker_bin)
+            .args(["run", "--database-url", &url, "--device", "cpu"])
+            .args([
+                "--poll-interval",
+                "0.5",
+                "--threads",
+                "1",
+                "--loader-threads",
+                "1",
+            ])
+            .arg("--cache-dir")
+            .arg(scratch.0.join("cache"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&worker_log).expect("log file"))
+            .spawn()
+            .expect("spawn maelab-worker"),
+    );
+    let log = || std::fs::read_to_string(&worker_log).unwrap_or_default();
+
+    let submit = |toml: String, extra: &'static [&'static str]| {
+        let (base, token) = (base.clone(), token.clone());
+        let path = scratch.0.join(format!("run-{}.toml", uuid::Uuid::new_v4()));
+        std::fs::write(&path, toml).expect("write toml");
+        tokio::task::spawn_blocking(move || {
+            let path = path.display().to_string();
+            let mut args = vec!["submit", path.as_str(), "--poll", "0.2"];
+            args.extend_from_slice(extra);
+            cli(
+                &args,
+                &[("MAELAB_URL", &base), ("MAELAB_TOKEN", &token)],
+                Duration::from_secs(120),
+            )
+        })
+    };
+
+    let started = Instant::now();
+    let pre = submit(tiny_toml("pretrain", &data, ""), &["--wait"])
+        .await
+        .expect("join");
+    assert_eq!(
+        pre.status.code(),
+        Some(0),
+        "{}\nworker log:\n{}",
+        describe(&pre),
+        log()
+    );
+    let pretrain_secs = started.elapsed().as_secs_f64();
+    let pre_id = String::from_utf8_lossy(&pre.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let pre_id: uuid::Uuid = pre_id.parse().expect("submit prints the run id first");
+
+    let ft = submit(
+        tiny_toml("finetune", &data, &format!("parent_run = \"{pre_id}\"")),
+        &["--fail-under", "test_acc1=101"],
+    )
+    .await
+    .expect("join");
+    assert_eq!(
+        ft.status.code(),
+        Some(2),
+        "{}\nworker log:\n{}",
+        describe(&ft),
+        log()
+    );
+    let stderr = String::from_utf8_lossy(&ft.stderr);
+    assert!(
+        stderr.contains("bar missed: best test_acc1 is"),
+        "the run reported test_acc1 and missed the bar: {stderr}"
+    );
+    println!(
+        "pretrain submit --wait: {pretrain_secs:.1} s; with the finetune: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
