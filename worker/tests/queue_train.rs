@@ -1,10 +1,13 @@
 //! The pieces together with real training: the built `maelab-worker run`
 //! process claims runs made by `maelab_core::db::runs::create_run`, trains
-//! them on the CPU (a 2-block vit-micro on a small synthetic CIFAR-format
+//! them on the CPU (a 2-block vit-micro on CIFAR-10 from `$MAELAB_CIFAR10`
+//! when that archive is there, else on a small synthetic CIFAR-format
 //! dataset) and streams epochs, steps, reconstructions and checkpoints into
 //! PostgreSQL; a finetune starts from its parent's checkpoint fetched from
-//! the database; a run whose data is missing fails with the path named, and
-//! the worker goes on to the next job.
+//! the database; SIGTERM mid-run requeues the run and another worker resumes
+//! it from the stored checkpoint; cancel stops a training run; a run whose
+//! data is missing fails with the path named, and the worker goes on to the
+//! next job.
 
 mod queue_support;
 mod train_support;
@@ -129,10 +132,43 @@ async fn artifacts(pool: &PgPool, run_id: Uuid) -> Vec<(String, Option<i32>, Str
     .expect("artifacts")
 }
 
+/// The CIFAR-10 archive `scripts/env.sh` points at, else a synthetic dataset
+/// written into `dir`.
+fn dataset(dir: &Path) -> PathBuf {
+    match std::env::var_os("MAELAB_CIFAR10").map(PathBuf::from) {
+        Some(archive) if archive.is_file() => {
+            println!("training on {}", archive.display());
+            archive
+        }
+        _ => {
+            println!("MAELAB_CIFAR10 is not set or missing: training on synthetic data");
+            write_dataset(&dir.join("data"), 40, 64)
+        }
+    }
+}
+
+/// (epoch, worker id that wrote it) for every epoch row of the run.
+async fn writers(pool: &PgPool, run_id: Uuid) -> Vec<(i32, String)> {
+    sqlx::query_as(
+        "select epoch, extra->>'worker_id' from epoch_metric where run_id = $1 order by epoch",
+    )
+    .bind(run_id)
+    .fetch_all(pool)
+    .await
+    .expect("epoch writers")
+}
+
+async fn worker_ids(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar("select worker_id::text from worker order by started_at")
+        .fetch_all(pool)
+        .await
+        .expect("workers")
+}
+
 #[tokio::test]
 async fn pretrain_then_finetune_from_its_checkpoint_in_the_database() {
     let tmp = TempDir::new().expect("tempdir");
-    let data = write_dataset(&tmp.path().join("data"), 40, 64);
+    let data = dataset(tmp.path());
     let db = TestDb::new().await.expect("db");
     let worker = LoggedWorker::spawn(&db.url, tmp.path());
     let started = Instant::now();
@@ -298,4 +334,113 @@ async fn a_missing_dataset_fails_the_run_with_its_path_and_the_worker_goes_on() 
     assert_eq!(attempts, 1, "bad data is not retried");
     wait_status(&db.pool, next.run_id, "succeeded", Duration::from_secs(30)).await;
     assert!(worker.is_running(), "the worker keeps running");
+}
+
+#[tokio::test]
+async fn sigterm_requeues_a_training_run_and_another_worker_resumes_it_from_the_database() {
+    let tmp = TempDir::new().expect("tempdir");
+    let data = write_dataset(&tmp.path().join("data"), 40, 64);
+    let db = TestDb::new().await.expect("db");
+    let run = runs::create_run(&db.pool, &tiny("pretrain", &data, "epochs = 6"), None)
+        .await
+        .expect("create");
+    let first_dir = tmp.path().join("first");
+    std::fs::create_dir_all(&first_dir).expect("dir");
+    let mut first = LoggedWorker::spawn(&db.url, &first_dir);
+    queue_support::wait_for(
+        &db.pool,
+        "select count(*) from epoch_metric where run_id = $1",
+        run.run_id,
+        Duration::from_secs(60),
+        |n| n >= 1,
+    )
+    .await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(first.child.id()).expect("pid")),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let end = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Ok(Some(status)) = first.child.try_wait() {
+            break status;
+        }
+        assert!(
+            Instant::now() < end,
+            "no exit after SIGTERM:\n{}",
+            first.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit:?}\n{}", first.log());
+    assert_eq!(
+        queue_support::run_status(&db.pool, run.run_id).await,
+        "queued"
+    );
+    let covered: Option<i32> =
+        sqlx::query_scalar("select checkpoint_epoch from job where run_id = $1")
+            .bind(run.run_id)
+            .fetch_one(&db.pool)
+            .await
+            .expect("checkpoint pointer");
+    let covered = covered.expect("the requeued job points at a checkpoint");
+    assert!(covered < 5, "SIGTERM came after the last epoch ({covered})");
+
+    let second_dir = tmp.path().join("second");
+    std::fs::create_dir_all(&second_dir).expect("dir");
+    let second = LoggedWorker::spawn(&db.url, &second_dir);
+    let status = wait_final(&db.pool, run.run_id, &second, Duration::from_secs(90)).await;
+    assert_eq!(status, "succeeded", "{}", second.log());
+    let ids = worker_ids(&db.pool).await;
+    assert_eq!(ids.len(), 2);
+    let rows = writers(&db.pool, run.run_id).await;
+    assert_eq!(
+        rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [0, 1, 2, 3, 4, 5],
+        "every epoch exactly once"
+    );
+    for (epoch, writer) in &rows {
+        let expected = if *epoch <= covered { &ids[0] } else { &ids[1] };
+        assert_eq!(
+            writer, expected,
+            "epoch {epoch}: checkpointed epochs (<= {covered}) are not trained again"
+        );
+    }
+    let log = second.log();
+    assert!(
+        log.contains("resuming from the stored checkpoint") && log.contains("resumed"),
+        "the second worker resumed from the database's checkpoint:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn cancel_stops_a_training_run_within_seconds_and_frees_the_worker() {
+    let tmp = TempDir::new().expect("tempdir");
+    let data = write_dataset(&tmp.path().join("data"), 40, 64);
+    let db = TestDb::new().await.expect("db");
+    let run = runs::create_run(&db.pool, &tiny("pretrain", &data, "epochs = 200"), None)
+        .await
+        .expect("create");
+    let mut worker = LoggedWorker::spawn(&db.url, tmp.path());
+    queue_support::wait_for(
+        &db.pool,
+        "select count(*) from epoch_metric where run_id = $1",
+        run.run_id,
+        Duration::from_secs(60),
+        |n| n >= 1,
+    )
+    .await;
+    let asked = Instant::now();
+    runs::cancel_run(&db.pool, run.run_id)
+        .await
+        .expect("cancel");
+    let status = wait_final(&db.pool, run.run_id, &worker, Duration::from_secs(10)).await;
+    let took = asked.elapsed();
+    assert_eq!(status, "cancelled");
+    assert!(took < Duration::from_secs(5), "cancel took {took:?}");
+    println!("cancel reached the training worker in {took:?}");
+    // The device is free: the next job runs.
+    let next = load_test_run(&db.pool, 1, 0).await;
+    wait_status(&db.pool, next.run_id, "succeeded", Duration::from_secs(30)).await;
+    assert!(worker.is_running());
 }
