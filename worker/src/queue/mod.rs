@@ -263,9 +263,9 @@ impl Worker {
                 .await
             }
             "train" => {
-                let prepared = match train_job::prepare(&self.pool, job, dir).await {
+                let prepared = match self.prepare_train(job, dir, &signals).await {
                     Ok(p) => p,
-                    Err(e) => return JobEnd::Failed(format!("{e:#}")),
+                    Err(end) => return end,
                 };
                 let opts = crate::train::TrainOptions {
                     out_dir: dir.to_path_buf(),
@@ -289,6 +289,36 @@ impl Worker {
                 .await
             }
             other => JobEnd::Failed(format!("unknown job type `{other}`")),
+        }
+    }
+
+    /// [`train_job::prepare`], retried through connection errors for as long
+    /// as a write would be: a PostgreSQL restart while a job starts (or while
+    /// a large checkpoint downloads) must not fail the run for good. A stop
+    /// flag (cancel, lost lease, shutdown) ends the wait.
+    async fn prepare_train(
+        &self,
+        job: &ClaimedJob,
+        dir: &std::path::Path,
+        signals: &JobSignals,
+    ) -> Result<train_job::Prepared, JobEnd> {
+        let started = Instant::now();
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match train_job::prepare(&self.pool, job, dir).await {
+                Ok(p) => return Ok(p),
+                Err(e)
+                    if train_job::is_transient(&e) && started.elapsed() < sink::WRITE_PATIENCE =>
+                {
+                    if let Some(reason) = signals.stop_reason() {
+                        return Err(JobEnd::Stopped(reason));
+                    }
+                    tracing::warn!(error = %format!("{e:#}"), "preparing the job failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(JobEnd::Failed(format!("{e:#}"))),
+            }
         }
     }
 

@@ -23,7 +23,7 @@ use crate::events::{Checkpoint, Control, EpochRow, Image, Sink, StepSample, Stop
 
 /// How long a write keeps retrying through connection errors (a PostgreSQL
 /// restart) before the sink gives up and the job fails.
-const WRITE_PATIENCE: Duration = Duration::from_secs(120);
+pub(crate) const WRITE_PATIENCE: Duration = Duration::from_secs(120);
 
 pub struct DbSink {
     pub pool: PgPool,

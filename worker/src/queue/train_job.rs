@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use maelab_core::db::artifacts::{self, Artifact};
-use maelab_core::db::queue::ClaimedJob;
+use maelab_core::db::queue::{ClaimedJob, QueueError, is_transient_sqlx};
 use maelab_core::db::runs;
 use sqlx::PgPool;
 
@@ -49,7 +49,8 @@ pub struct Prepared {
 
 /// Fetch the config and checkpoints of `job` into `dir`. Errors here fail the
 /// job with the reason (a stored config that no longer validates, a missing
-/// or corrupt checkpoint): retrying would fail the same way.
+/// or corrupt checkpoint): retrying would fail the same way. Connection
+/// errors ([`is_transient`]) are the exception; the caller retries those.
 pub async fn prepare(pool: &PgPool, job: &ClaimedJob, dir: &Path) -> anyhow::Result<Prepared> {
     let run_id = job.lease.run_id.context("a train job needs a run")?;
     let config = runs::run_config(pool, run_id)
@@ -103,11 +104,46 @@ impl ParentEpoch for runs::RunView {
     }
 }
 
+/// Whether `e` came from a database error a retry can cure (the connection
+/// dropped, PostgreSQL restarting): such an error must not fail the job.
+pub fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        if let Some(q) = cause.downcast_ref::<QueueError>() {
+            q.is_transient()
+        } else if let Some(runs::RunError::Db(db)) = cause.downcast_ref::<runs::RunError>() {
+            is_transient_sqlx(db)
+        } else {
+            cause
+                .downcast_ref::<sqlx::Error>()
+                .is_some_and(is_transient_sqlx)
+        }
+    })
+}
+
 /// Map the trainer's answer to how the job ends.
 pub fn outcome(result: Result<crate::train::Outcome, crate::train::TrainError>) -> JobEnd {
     match result {
         Ok(crate::train::Outcome::Finished) => JobEnd::Finished,
         Ok(crate::train::Outcome::Stopped(reason)) => JobEnd::Stopped(reason),
         Err(e) => JobEnd::Failed(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_errors_are_transient_through_context_and_bad_data_is_not() {
+        let dropped = anyhow::Error::from(runs::RunError::Db(sqlx::Error::PoolTimedOut))
+            .context("reading the run's config");
+        assert!(is_transient(&dropped));
+        let queue = anyhow::Error::from(QueueError::Db(sqlx::Error::PoolClosed))
+            .context("fetching the checkpoint of epoch 3");
+        assert!(is_transient(&queue));
+        let gone = anyhow::anyhow!("parent run 42 is gone").context("preparing");
+        assert!(!is_transient(&gone));
+        let missing = anyhow::Error::from(runs::RunError::NotFound(uuid::Uuid::nil()));
+        assert!(!is_transient(&missing));
     }
 }
