@@ -48,11 +48,18 @@ window.maelabCharts = (function () {
       height: 240,
       series: series,
       scales: { x: { time: false }, y: { distr: opts.log ? 3 : 1 } },
-      axes: [{ label: opts.xLabel || "" }, {}],
+      // uPlot's default tick labels round small values (learning rates) to 0.
+      axes: [{ label: opts.xLabel || "" }, { size: 64, values: function (u, ticks) { return ticks.map(tickLabel); } }],
       cursor: { drag: { x: true, y: false } },
       legend: { live: true },
     }, data, box);
     return { u: u, box: box };
+  }
+
+  function tickLabel(v) {
+    if (v == null) return "";
+    const a = Math.abs(v);
+    return a !== 0 && (a < 1e-2 || a >= 1e5) ? v.toExponential(1) : String(+v.toPrecision(4));
   }
 
   return { make: make, ema: ema, hasValues: hasValues, COLORS: COLORS };
