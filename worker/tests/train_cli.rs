@@ -17,12 +17,17 @@ fn worker(args: &[&str]) -> Output {
 }
 
 fn train(config: &Path, out: &Path) -> Output {
+    // The decode cache goes beside the output, not into the crate folder.
+    let cache = out.with_extension("cache");
+    let cache = cache.to_str().expect("utf-8");
     let (config, out) = (
         config.to_str().expect("utf-8"),
         out.to_str().expect("utf-8"),
     );
     worker(&[
         "train",
+        "--cache-dir",
+        cache,
         "--config",
         config,
         "--out",
