@@ -659,3 +659,187 @@ async fn finetunes_need_a_finished_pretrain_parent_of_the_same_encoder() {
         "parent_run"
     );
 }
+
+/// The summary columns of `run` next to a fresh aggregate of its epoch rows.
+async fn assert_summary_matches(pool: &PgPool, run_id: Uuid) {
+    type Summary = (
+        i64,
+        Option<i32>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+        Option<i64>,
+    );
+    let stored: Summary = sqlx::query_as(
+        "select epochs_done::bigint, last_epoch, best_acc1, best_acc5, last_train_loss,
+                train_seconds, mean_images_per_second, epoch_n_parameters
+         from run where run_id = $1",
+    )
+    .bind(run_id)
+    .fetch_one(pool)
+    .await
+    .expect("stored summary");
+    let fresh: Summary = sqlx::query_as(
+        "select count(*), max(epoch), max(test_acc1), max(test_acc5),
+                (array_agg(train_loss order by epoch desc))[1], sum(epoch_seconds),
+                avg(images_per_second), max(n_parameters)
+         from epoch_metric where run_id = $1",
+    )
+    .bind(run_id)
+    .fetch_one(pool)
+    .await
+    .expect("fresh aggregate");
+    let close = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * b.abs().max(1.0),
+        (a, b) => a == b,
+    };
+    assert_eq!(
+        (stored.0, stored.1, stored.7),
+        (fresh.0, fresh.1, fresh.7),
+        "{stored:?} vs {fresh:?}"
+    );
+    for (a, b) in [
+        (stored.2, fresh.2),
+        (stored.3, fresh.3),
+        (stored.4, fresh.4),
+        (stored.5, fresh.5),
+        (stored.6, fresh.6),
+    ] {
+        assert!(close(a, b), "{stored:?} vs {fresh:?}");
+    }
+}
+
+#[tokio::test]
+async fn run_summary_follows_inserts_upserts_and_resume_rewrites() {
+    let db = TestDb::new().await.expect("db");
+    let created = runs::create_run_with(
+        &db.pool,
+        &pretrain(5),
+        None,
+        &JobOptions {
+            job_type: JobType::LoadTest,
+            ..JobOptions::default()
+        },
+    )
+    .await
+    .expect("create");
+    let run_id = created.run_id;
+    let row = |epoch: i32, acc1: f64, loss: f64| EpochRecord {
+        test_acc1: Some(acc1),
+        test_acc5: Some((acc1 + 10.0).min(100.0)),
+        train_loss: loss,
+        images_per_second: Some(100.0 + f64::from(epoch)),
+        epoch_seconds: 0.5 + f64::from(epoch),
+        ..epoch_row(epoch)
+    };
+    // No epochs yet: zero done, nothing best or last.
+    assert_summary_matches(&db.pool, run_id).await;
+    let summary = |pool: PgPool| async move {
+        sqlx::query_as::<_, (i32, Option<f64>, Option<f64>, String)>(
+            "select epochs_done, best_acc1, last_train_loss, status::text from run
+             where run_id = $1",
+        )
+        .bind(run_id)
+        .fetch_one(&pool)
+        .await
+        .expect("summary")
+    };
+    assert_eq!(
+        summary(db.pool.clone()).await,
+        (0, None, None, "queued".into())
+    );
+
+    let (a, b) = (worker(&db.pool, "a").await, worker(&db.pool, "b").await);
+    let first = queue::claim_next(&db.pool, a, LEASE)
+        .await
+        .expect("claim")
+        .expect("job");
+    // Listen from here on: epoch writes must not announce a run status change.
+    let mut listener = sqlx::postgres::PgListener::connect_with(&db.pool)
+        .await
+        .expect("listener");
+    listener.listen("maelab_events").await.expect("listen");
+
+    // Inserts.
+    for (epoch, acc1, loss) in [(0, 10.0, 3.0), (1, 40.0, 2.0), (2, 30.0, 1.5)] {
+        metrics::record_epoch(&db.pool, &first.lease, &row(epoch, acc1, loss))
+            .await
+            .expect("record");
+        assert_summary_matches(&db.pool, run_id).await;
+    }
+    assert_eq!(
+        summary(db.pool.clone()).await,
+        (3, Some(40.0), Some(1.5), "running".into())
+    );
+
+    // An upsert of an existing epoch lowers the best: a full recompute, not a running max.
+    metrics::record_epoch(&db.pool, &first.lease, &row(1, 20.0, 2.5))
+        .await
+        .expect("upsert");
+    assert_summary_matches(&db.pool, run_id).await;
+    assert_eq!(
+        summary(db.pool.clone()).await,
+        (3, Some(30.0), Some(1.5), "running".into())
+    );
+    // An upsert of the last epoch changes the last loss.
+    metrics::record_epoch(&db.pool, &first.lease, &row(2, 25.0, 1.25))
+        .await
+        .expect("upsert last");
+    assert_summary_matches(&db.pool, run_id).await;
+    assert_eq!(
+        summary(db.pool.clone()).await,
+        (3, Some(25.0), Some(1.25), "running".into())
+    );
+
+    // Every notification so far came from epoch rows, none from `run`.
+    let mut seen = 0;
+    while let Ok(n) = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await {
+        let n = n.expect("notification");
+        let payload: serde_json::Value = serde_json::from_str(n.payload()).expect("json");
+        assert_eq!(payload["table"], "epoch_metric", "{payload}");
+        seen += 1;
+    }
+    assert_eq!(seen, 5);
+
+    // The lease is lost; the next attempt resumes after epoch 0 and rewrites 1 and 2.
+    expire_all(&db.pool).await;
+    queue::rescue_expired(&db.pool, Duration::ZERO)
+        .await
+        .expect("rescue");
+    let second = queue::claim_next(&db.pool, b, LEASE)
+        .await
+        .expect("claim")
+        .expect("job");
+    for (epoch, acc1, loss) in [(1, 15.0, 2.2), (2, 12.0, 1.8), (3, 50.0, 1.0)] {
+        metrics::record_epoch(&db.pool, &second.lease, &row(epoch, acc1, loss))
+            .await
+            .expect("resume write");
+        assert_summary_matches(&db.pool, run_id).await;
+    }
+    assert_eq!(
+        summary(db.pool.clone()).await,
+        (4, Some(50.0), Some(1.0), "running".into())
+    );
+    // Written directly (not through a lease), the trigger still keeps it.
+    sqlx::query(
+        "insert into epoch_metric (run_id, epoch, train_lr, train_loss, test_acc1, epoch_seconds)
+         values ($1, 4, 1e-4, 0.5, 99, 1)",
+    )
+    .bind(run_id)
+    .execute(&db.pool)
+    .await
+    .expect("insert");
+    assert_summary_matches(&db.pool, run_id).await;
+    sqlx::query("delete from epoch_metric where run_id = $1 and epoch = 4")
+        .bind(run_id)
+        .execute(&db.pool)
+        .await
+        .expect("delete");
+    assert_summary_matches(&db.pool, run_id).await;
+    assert_eq!(
+        summary(db.pool.clone()).await,
+        (4, Some(50.0), Some(1.0), "running".into())
+    );
+}

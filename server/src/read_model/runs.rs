@@ -1,7 +1,7 @@
-//! Runs as the lists and detail views show them: the run row joined with its
-//! job, its worker and aggregates of its epoch rows (epochs done, best top-1
-//! and top-5, last training loss), with filters, text search, sorting by any
-//! shown column and pagination.
+//! Runs as the lists and detail views show them: the run row (which carries
+//! the summary of its epoch rows: epochs done, best top-1 and top-5, last
+//! training loss, kept by a trigger) joined with its job and its worker, with
+//! filters, text search, sorting by any shown column and pagination.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -58,8 +58,9 @@ impl RunSort {
     ];
 
     /// The same key as an expression over the `run` table alone, when it is
-    /// one: such lists pick their page from `run` first (an index scan) and
-    /// aggregate the epochs of those rows only.
+    /// one (the epoch summaries are columns of `run`, kept by a trigger on
+    /// `epoch_metric`, migration 0002): such lists pick their page from `run`
+    /// first and join only those rows with their job and worker.
     fn run_column(self) -> Option<&'static str> {
         Some(match self {
             Self::CreatedAt => "r.created_at",
@@ -68,13 +69,15 @@ impl RunSort {
             Self::Model => "r.model",
             Self::Kind => "r.kind::text",
             Self::Preset => "r.preset",
+            Self::EpochsDone => "r.epochs_done",
             Self::EpochsTotal => "r.epochs_total",
+            Self::BestAcc1 => "r.best_acc1",
+            Self::BestAcc5 => "r.best_acc5",
+            Self::LastLoss => "r.last_train_loss",
             Self::Duration => "extract(epoch from (coalesce(r.finished_at, now()) - r.started_at))",
             Self::StartedAt => "r.started_at",
             Self::FinishedAt => "r.finished_at",
-            Self::EpochsDone | Self::BestAcc1 | Self::BestAcc5 | Self::LastLoss | Self::Worker => {
-                return None;
-            }
+            Self::Worker => return None,
         })
     }
 
@@ -193,12 +196,13 @@ pub struct RunDetail {
     pub queue_position: Option<i64>,
 }
 
-/// The columns of a run list row; `r`, `j`, `w` and `m` are joined below.
+/// The columns of a run list row; `r`, `j` and `w` are joined below.
 const SUMMARY_SELECT: &str = "
     select r.run_id, r.name, r.kind::text as kind, r.model, r.preset, r.status::text as status,
            r.tags, r.epochs_total, r.n_parameters, r.error, r.created_by, r.parent_run_id,
            r.parent_epoch, r.created_at, r.started_at, r.finished_at,
-           coalesce(m.epochs_done, 0) as epochs_done, m.best_acc1, m.best_acc5, m.last_loss,
+           r.epochs_done::bigint as epochs_done, r.best_acc1, r.best_acc5,
+           r.last_train_loss as last_loss,
            extract(epoch from (coalesce(r.finished_at, now()) - r.started_at))::float8
                as duration_seconds,
            w.name as worker_name,
@@ -206,13 +210,7 @@ const SUMMARY_SELECT: &str = "
            j.worker_id, j.heartbeat_at, j.checkpoint_epoch, j.priority, j.enqueued_at
     from run r
     left join job j on j.run_id = r.run_id
-    left join worker w on w.worker_id = j.worker_id
-    left join lateral (
-        select count(*) as epochs_done, max(e.test_acc1) as best_acc1,
-               max(e.test_acc5) as best_acc5,
-               (array_agg(e.train_loss order by e.epoch desc))[1] as last_loss
-        from epoch_metric e where e.run_id = r.run_id
-    ) m on true";
+    left join worker w on w.worker_id = j.worker_id";
 
 fn summary_from(row: &PgRow) -> Result<RunSummary, sqlx::Error> {
     Ok(RunSummary {
@@ -299,10 +297,9 @@ fn bind_filter<'q>(
 /// One page of runs matching `filter`, sorted as asked (ties broken by
 /// newest first, then id, so pages never overlap).
 ///
-/// Sorted by a column of the run itself, the page is chosen from `run` alone
-/// and only its rows are joined with their epochs; sorted by an aggregate
-/// (best top-1, last loss, epochs done, worker), every matching run is
-/// aggregated first.
+/// Sorted by a column of the run itself (the epoch summaries included), the
+/// page is chosen from `run` alone and only its rows are joined with their
+/// job and worker; sorted by worker, every matching run is joined first.
 pub async fn list_runs(pool: &PgPool, filter: &RunFilter) -> Result<RunPage, ReadError> {
     let (limit, offset) = checked(filter)?;
     let sort = filter.sort.unwrap_or_default();

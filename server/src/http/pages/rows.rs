@@ -90,25 +90,18 @@ impl RunRow {
 /// The select list and joins of [`RunRow`]; callers add `where`, `order by`.
 pub const RUN_ROW_SELECT: &str = "
     select r.run_id, r.name, r.kind::text as kind, r.model, r.preset, r.status::text as status,
-           r.tags, r.epochs_total, coalesce(m.epochs_done, 0) as epochs_done, m.best_acc1,
-           m.best_acc5, m.last_loss, m.train_seconds, m.mean_images_per_second,
-           coalesce(r.n_parameters, m.n_parameters) as n_parameters, r.error, r.created_at,
+           r.tags, r.epochs_total, r.epochs_done::bigint as epochs_done, r.best_acc1,
+           r.best_acc5, r.last_train_loss as last_loss, r.train_seconds,
+           r.mean_images_per_second,
+           coalesce(r.n_parameters, r.epoch_n_parameters) as n_parameters, r.error, r.created_at,
            r.started_at, r.finished_at, w.name as worker
     from run r
-    left join lateral (
-        select count(*) as epochs_done, max(test_acc1) as best_acc1, max(test_acc5) as best_acc5,
-               (array_agg(train_loss order by epoch desc))[1] as last_loss,
-               sum(epoch_seconds) as train_seconds,
-               avg(images_per_second) as mean_images_per_second,
-               max(n_parameters) as n_parameters
-        from epoch_metric e where e.run_id = r.run_id
-    ) m on true
     left join job j on j.run_id = r.run_id
     left join worker w on w.worker_id = j.worker_id";
 
 /// [`RUN_ROW_SELECT`] over `source` (a subquery of `run` rows) instead of
-/// the whole table: the list picks its page of runs first, so the epoch
-/// aggregates are computed for 50 runs, not for every run.
+/// the whole table: the list picks its page of runs first, so only 50 runs
+/// are joined with their job and worker.
 pub fn run_row_select_from(source: &str) -> String {
     RUN_ROW_SELECT.replacen("from run r", &format!("from {source} r"), 1)
 }

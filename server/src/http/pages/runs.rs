@@ -43,9 +43,9 @@ const COLUMNS: [(&str, &str, &str); 10] = [
     ("model", "Model", "r.model"),
     ("kind", "Kind", "r.kind::text"),
     ("preset", "Preset", "r.preset"),
-    ("epochs", "Epochs", "coalesce(m.epochs_done, 0)"),
-    ("top1", "Best top-1", "m.best_acc1"),
-    ("loss", "Last loss", "m.last_loss"),
+    ("epochs", "Epochs", "r.epochs_done"),
+    ("top1", "Best top-1", "r.best_acc1"),
+    ("loss", "Last loss", "r.last_train_loss"),
     (
         "duration",
         "Duration",
@@ -115,8 +115,9 @@ pub async fn query_runs(
           and ($5 = '' or r.name ilike $6 or starts_with(r.run_id::text, lower($5))
                or r.preset ilike $6)";
     let order_by = format!("order by {order} {dir} nulls last, r.created_at desc, r.run_id");
-    // Sorted by a column of `run` itself: page first, aggregate 50 runs after.
-    let sql = if order.contains("m.") || order.contains("w.") {
+    // Sorted by a column of `run` itself (epoch summaries included): page
+    // first, join 50 runs with their job and worker after.
+    let sql = if order.contains("w.") {
         format!("{RUN_ROW_SELECT} {filter} {order_by} limit $7 offset $8")
     } else {
         let page = format!("(select * from run r {filter} {order_by} limit $7 offset $8)");
