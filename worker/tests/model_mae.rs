@@ -1,5 +1,7 @@
 //! Shape and behaviour tests of the MAE and the classifier on a tiny config (CPU).
 
+mod train_support;
+
 use maelab_core::config::{ModelShape, preset};
 use maelab_worker::model::masking::{len_keep, masking_noise, random_masking};
 use maelab_worker::model::patchify::{patchify, unpatchify};
@@ -40,6 +42,7 @@ fn noise(seed: u64, b: i64, l: i64) -> Tensor {
 
 #[test]
 fn patchify_then_unpatchify_gives_the_images_back() {
+    let _torch = train_support::torch_lock();
     let imgs = Tensor::randn([3, 3, 32, 32], (Kind::Float, Device::Cpu));
     for patch in [2, 4, 8] {
         let rows = patchify(&imgs, patch);
@@ -63,6 +66,7 @@ fn patchify_then_unpatchify_gives_the_images_back() {
 
 #[test]
 fn masking_keeps_floor_of_n_times_one_minus_ratio() {
+    let _torch = train_support::torch_lock();
     let x = Tensor::randn([4, 64, 8], (Kind::Float, Device::Cpu));
     for ratio in [0.75, 0.7, 0.5, 0.9] {
         let keep = len_keep(64, ratio);
@@ -88,6 +92,7 @@ fn masking_keeps_floor_of_n_times_one_minus_ratio() {
 
 #[test]
 fn masking_depends_only_on_the_noise() {
+    let _torch = train_support::torch_lock();
     let x = Tensor::randn([2, 64, 8], (Kind::Float, Device::Cpu));
     let a = random_masking(&x, 0.75, &noise(7, 2, 64));
     let b = random_masking(&x, 0.75, &noise(7, 2, 64));
@@ -98,6 +103,7 @@ fn masking_depends_only_on_the_noise() {
 
 #[test]
 fn loss_ignores_visible_patches_and_counts_masked_ones() {
+    let _torch = train_support::torch_lock();
     let (_vs, mae) = tiny_mae(true);
     let imgs = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
     let out = tch::no_grad(|| mae.forward(&imgs, 0.75, &noise(3, 2, 64), false));
@@ -128,6 +134,7 @@ fn loss_ignores_visible_patches_and_counts_masked_ones() {
 
 #[test]
 fn norm_pix_target_is_zero_mean_unit_variance_per_patch() {
+    let _torch = train_support::torch_lock();
     let (_vs, mae) = tiny_mae(true);
     let imgs = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu)) * 3.0 + 1.5;
     let t = mae.loss_target(&imgs);
@@ -150,6 +157,7 @@ fn norm_pix_target_is_zero_mean_unit_variance_per_patch() {
 
 #[test]
 fn parameters_carry_official_names_and_init() {
+    let _torch = train_support::torch_lock();
     let (vs, _mae) = tiny_mae(true);
     let vars = vs.variables();
     for name in [
@@ -186,6 +194,7 @@ fn parameters_carry_official_names_and_init() {
 
 #[test]
 fn sincos_position_embedding_matches_the_official_layout() {
+    let _torch = train_support::torch_lock();
     let (dim, grid) = (16usize, 4usize);
     let e = sincos_2d(dim, grid);
     assert_eq!(e.len(), (1 + grid * grid) * dim);
@@ -200,6 +209,7 @@ fn sincos_position_embedding_matches_the_official_layout() {
 
 #[test]
 fn classifier_gives_logits_and_shares_the_encoder_names() {
+    let _torch = train_support::torch_lock();
     tch::set_num_threads(1);
     let vs = nn::VarStore::new(Device::Cpu);
     let shape = tiny_shape();

@@ -6,7 +6,7 @@ mod train_support;
 
 use maelab_worker::events::StopReason;
 use maelab_worker::train::{self, Outcome, TrainError, checkpoint};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
 
 use tempfile::TempDir;
 use train_support::{RecordingSink, config, options, write_dataset};
@@ -18,17 +18,8 @@ struct Env {
     _guard: MutexGuard<'static, ()>,
 }
 
-/// libtorch's default generator and thread count are process-wide, and the
-/// tests of this file run on parallel threads: a test that draws from the
-/// generator between another's `manual_seed` and its weight init would make
-/// "same seed, same loss" fail for reasons no user run can hit (one training
-/// per process). Each test holds this lock for its whole run.
-static TORCH_GLOBALS: Mutex<()> = Mutex::new(());
-
 fn env() -> Env {
-    let guard = TORCH_GLOBALS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let guard = train_support::torch_lock();
     tch::set_num_threads(1);
     let tmp = TempDir::new().expect("tempdir");
     let root = tmp.path().to_path_buf();

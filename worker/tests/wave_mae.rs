@@ -59,6 +59,7 @@ fn extra_per_block(c: i64) -> i64 {
 
 #[test]
 fn wave_attention_goes_where_wave_in_says() {
+    let _torch = train_support::torch_lock();
     let wave = AttnKind::Wave { sr: 1 };
     let (vs, _) = mae(AttnKind::Plain, AttnKind::Plain);
     let plain = n_parameters(&vs);
@@ -80,6 +81,7 @@ fn wave_attention_goes_where_wave_in_says() {
 
 #[test]
 fn run_configs_pick_the_mixers() {
+    let _torch = train_support::torch_lock();
     let dir = std::path::Path::new("/nonexistent");
     let wave = AttnKind::Wave { sr: 1 };
     let cases = [
@@ -110,6 +112,7 @@ fn run_configs_pick_the_mixers() {
 
 #[test]
 fn every_variant_trains_a_step() {
+    let _torch = train_support::torch_lock();
     let imgs = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
     let wave = AttnKind::Wave { sr: 1 };
     for (enc, dec) in [
@@ -139,6 +142,7 @@ fn every_variant_trains_a_step() {
 
 #[test]
 fn masked_wave_encoder_is_deterministic_in_eval() {
+    let _torch = train_support::torch_lock();
     // The wave encoder scatters the 16 visible tokens onto the 8x8 grid; in
     // eval mode (BatchNorm running stats) the result is deterministic.
     let (_, m) = mae(AttnKind::Wave { sr: 1 }, AttnKind::Plain);
@@ -151,6 +155,7 @@ fn masked_wave_encoder_is_deterministic_in_eval() {
 
 #[test]
 fn classifier_with_wave_encoder_runs_on_the_whole_grid() {
+    let _torch = train_support::torch_lock();
     tch::set_num_threads(1);
     let vs = nn::VarStore::new(Device::Cpu);
     let model =
@@ -165,6 +170,7 @@ fn classifier_with_wave_encoder_runs_on_the_whole_grid() {
 
 #[test]
 fn hf_loss_weight_adds_the_sub_band_term() {
+    let _torch = train_support::torch_lock();
     let (_, plain) = mae(AttnKind::Plain, AttnKind::Plain);
     let (_, weighted) = mae(AttnKind::Plain, AttnKind::Plain);
     let weighted = weighted.with_hf_loss(0.5).expect("even patch");
@@ -194,6 +200,7 @@ fn hf_loss_weight_adds_the_sub_band_term() {
 
 #[test]
 fn wave_mae_pretrains_and_finetunes_with_sharpness_in_every_row() {
+    let _torch = train_support::torch_lock();
     tch::set_num_threads(1);
     let tmp = tempfile::TempDir::new().expect("tempdir");
     let root = tmp.path();

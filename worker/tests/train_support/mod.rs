@@ -123,3 +123,15 @@ impl Sink for RecordingSink {
         }
     }
 }
+
+/// libtorch's default generator and thread count are process-wide, and the
+/// tests of one file run on parallel threads: a test drawing from the
+/// generator between another's `manual_seed` and its weight init breaks "same
+/// seed, same weights" for reasons no real run can hit (one training per
+/// process). Tests that seed libtorch, or draw from it, hold this throughout.
+pub fn torch_lock() -> std::sync::MutexGuard<'static, ()> {
+    static TORCH_GLOBALS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TORCH_GLOBALS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
