@@ -11,8 +11,11 @@ use tch::{Kind, Reduction, Tensor, nn};
 use super::checkpoint;
 use super::epoch::{EpochEnd, train_epoch};
 use super::evaluate::evaluate;
-use super::{Outcome, TrainError, TrainOptions, build_optimizer, finish_epoch, resume, seed_torch};
-use crate::data::{Augment, Batch, Dataset, Loader, LoaderConfig};
+use super::{
+    Outcome, TrainError, TrainOptions, build_optimizer, epoch_loader, finish_epoch, resume,
+    seed_torch,
+};
+use crate::data::{Batch, Dataset};
 use crate::events::{EpochRow, Sink};
 use crate::model::encoder::compute_kind;
 use crate::model::wave::finetune_attn;
@@ -84,19 +87,7 @@ pub fn run(
     let eval_batch = (config.batch_size as usize).max(256);
     for epoch in start..config.epochs {
         seed_torch(config.seed, epoch);
-        let loader = Loader::try_new(
-            train.clone(),
-            LoaderConfig {
-                batch_size: config.batch_size as usize,
-                shuffle: true,
-                drop_last: true,
-                seed: config.seed,
-                epoch: u64::from(epoch),
-                augment: Augment::for_run(config),
-                threads: opts.loader_threads,
-                prefetch: 2 * opts.loader_threads.max(1),
-            },
-        )?;
+        let loader = epoch_loader(&train, config, opts, epoch)?;
         let start_time = std::time::Instant::now();
         let mut forward = |batch: &Batch| {
             let imgs = batch.images.to_device(device).to_kind(kind);

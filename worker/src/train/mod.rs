@@ -151,6 +151,29 @@ fn seed_torch(seed: u64, epoch: u32) {
     tch::manual_seed((epoch_seed(seed, epoch) >> 1) as i64);
 }
 
+/// The shuffled, augmented training batches of `epoch`, drawn the same way by
+/// both recipes (the augmentation follows the run's kind).
+fn epoch_loader(
+    train: &std::sync::Arc<crate::data::Dataset>,
+    config: &RunConfig,
+    opts: &TrainOptions,
+    epoch: u32,
+) -> Result<crate::data::Loader, crate::data::DataError> {
+    crate::data::Loader::try_new(
+        train.clone(),
+        crate::data::LoaderConfig {
+            batch_size: config.batch_size as usize,
+            shuffle: true,
+            drop_last: true,
+            seed: config.seed,
+            epoch: u64::from(epoch),
+            augment: crate::data::Augment::for_run(config),
+            threads: opts.loader_threads,
+            prefetch: 2 * opts.loader_threads.max(1),
+        },
+    )
+}
+
 /// AdamW for `config` over `vs` with the recipe's betas for its kind.
 fn build_optimizer(config: &RunConfig, vs: &tch::nn::VarStore) -> optim::AdamW {
     let betas = match config.kind {

@@ -11,10 +11,10 @@ use tch::nn;
 use super::epoch::{EpochEnd, train_epoch};
 use super::recon_image::{RECON_IMAGES, reconstruct, to_png};
 use super::{
-    Outcome, TrainError, TrainOptions, build_optimizer, epoch_seed, finish_epoch, resume,
-    seed_torch,
+    Outcome, TrainError, TrainOptions, build_optimizer, epoch_loader, epoch_seed, finish_epoch,
+    resume, seed_torch,
 };
-use crate::data::{Augment, Dataset, Loader, LoaderConfig, to_tensor};
+use crate::data::{Dataset, to_tensor};
 use crate::events::{EpochRow, Image, Sink};
 use crate::metrics::sharpness;
 use crate::model::encoder::compute_kind;
@@ -68,19 +68,7 @@ pub fn run(
     for epoch in start..config.epochs {
         seed_torch(config.seed, epoch);
         let mut mask_rng = StdRng::seed_from_u64(epoch_seed(config.seed, epoch) ^ 0x6D61_736B); // "mask"
-        let loader = Loader::try_new(
-            train.clone(),
-            LoaderConfig {
-                batch_size: config.batch_size as usize,
-                shuffle: true,
-                drop_last: true,
-                seed: config.seed,
-                epoch: u64::from(epoch),
-                augment: Augment::for_run(config),
-                threads: opts.loader_threads,
-                prefetch: 2 * opts.loader_threads.max(1),
-            },
-        )?;
+        let loader = epoch_loader(&train, config, opts, epoch)?;
         let start_time = std::time::Instant::now();
         let num_patches = i64::from(config.shape.num_patches());
         let mut forward = |batch: &crate::data::Batch| {
