@@ -402,6 +402,20 @@ async fn submit_watch_live_open_reconstruction_and_cancel() {
         "return document.getElementById('run') !== null",
     )
     .await;
+    // The run page was already open, so the check above can pass before the
+    // form post lands: wait for the flag itself (bounded) before heartbeating.
+    for _ in 0..100 {
+        let flagged: bool =
+            sqlx::query_scalar("select cancel_requested from job where job_id = $1")
+                .bind(lease.job_id)
+                .fetch_one(pool)
+                .await
+                .expect("job row");
+        if flagged {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let beat = queue::heartbeat(pool, &lease, Duration::from_secs(60))
         .await
         .expect("heartbeat");
