@@ -52,7 +52,7 @@ def drop_path(x, p, training):
         return x
     keep = 1 - p
     mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-    return x * mask / keep
+    return x * mask.div_(keep)  # timm: scale the mask, not the product
 
 
 class Block(nn.Module):

@@ -13,6 +13,9 @@ pub struct Report {
     pub cuda_device_count: i64,
     pub cudnn_available: bool,
     pub cpu_threads: i32,
+    /// Whether freed memory stays in the heap between steps
+    /// (`crate::malloc_tuning`); false when the user set malloc tunables.
+    pub malloc_tuned: bool,
 }
 
 /// Ask libtorch.
@@ -29,6 +32,7 @@ pub fn report() -> Report {
         },
         cudnn_available: cuda_available && tch::Cuda::cudnn_is_available(),
         cpu_threads: tch::get_num_threads(),
+        malloc_tuned: crate::malloc_tuning::applied(),
     }
 }
 
@@ -43,7 +47,13 @@ impl std::fmt::Display for Report {
         writeln!(f, "cuda available:    {}", self.cuda_available)?;
         writeln!(f, "cuda devices:      {}", self.cuda_device_count)?;
         writeln!(f, "cudnn available:   {}", self.cudnn_available)?;
-        write!(f, "cpu threads:       {}", self.cpu_threads)
+        writeln!(f, "cpu threads:       {}", self.cpu_threads)?;
+        let malloc = if self.malloc_tuned {
+            "freed memory kept in the heap"
+        } else {
+            "glibc defaults or the user's tunables"
+        };
+        write!(f, "malloc:            {malloc}")
     }
 }
 

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod data;
 pub mod doctor;
 pub mod events;
+pub mod malloc_tuning;
 pub mod metrics;
 pub mod model;
 pub mod queue;

@@ -32,6 +32,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before any thread or tensor exists.
+    maelab_worker::malloc_tuning::keep_freed_memory();
     maelab_worker::telemetry::init();
     let cli = Cli::parse();
     let result = match cli.command {

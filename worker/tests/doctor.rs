@@ -27,4 +27,22 @@ fn doctor_reports_torch_and_threads_without_ld_library_path() {
     );
     let cuda = report["cuda_available"].as_bool().expect("cuda flag");
     assert_eq!(cuda, report["cuda_device_count"].as_i64() > Some(0));
+    assert_eq!(report["malloc_tuned"], true);
+}
+
+#[test]
+fn malloc_tunables_of_the_user_win() {
+    for (key, value) in [
+        ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1048576"),
+        ("MALLOC_ARENA_MAX", "2"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_maelab-worker"))
+            .args(["doctor", "--json"])
+            .env(key, value)
+            .output()
+            .expect("run doctor");
+        assert!(out.status.success());
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(report["malloc_tuned"], false, "{key}");
+    }
 }

@@ -12,8 +12,10 @@ pub fn drop_path(x: &Tensor, p: f64, train: bool) -> Tensor {
     let keep = 1.0 - p;
     let mut shape = vec![x.size()[0]];
     shape.resize(x.dim(), 1);
+    // Scale the [B, 1, 1] mask, not the [B, N, D] product (as timm does).
     let mask = Tensor::rand(&shape, (Kind::Float, x.device()))
         .lt(keep)
-        .to_kind(x.kind()); // [B, 1, 1]
-    x * mask / keep
+        .to_kind(x.kind())
+        / keep;
+    x * mask
 }
