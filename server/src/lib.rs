@@ -2,6 +2,7 @@
 //! and writes PostgreSQL through `maelab-core` and never links libtorch.
 
 pub mod auth;
+pub mod change_clock;
 pub mod cli;
 pub mod embedded_pg;
 pub mod http;

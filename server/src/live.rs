@@ -26,6 +26,7 @@ use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
+use crate::change_clock::ChangeClock;
 use crate::http::pages::rows::{self, EpochRow, ReconRow, RunRow, StepRow};
 
 /// The channel the schema's triggers notify on.
@@ -68,6 +69,8 @@ pub enum LiveEvent {
 #[derive(Clone)]
 pub struct Live {
     tx: broadcast::Sender<LiveEvent>,
+    /// Advanced for every run and epoch change heard (read caches check it).
+    clock: Arc<ChangeClock>,
 }
 
 impl Default for Live {
@@ -79,7 +82,15 @@ impl Default for Live {
 impl Live {
     pub fn new() -> Self {
         let (tx, _) = broadcast::channel(BUFFER);
-        Self { tx }
+        Self {
+            tx,
+            clock: Arc::default(),
+        }
+    }
+
+    /// The count of run and epoch changes heard; None while not listening.
+    pub fn changes(&self) -> &ChangeClock {
+        &self.clock
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<LiveEvent> {
@@ -94,7 +105,11 @@ impl Live {
     /// Start the LISTEN task; it runs until the pool is closed.
     pub fn spawn_listener(&self, db: PgPool) -> tokio::task::JoinHandle<()> {
         let tx = self.tx.clone();
-        tokio::spawn(async move { listen_loop(db, tx).await })
+        let clock = Arc::clone(&self.clock);
+        tokio::spawn(async move {
+            listen_loop(db, tx, &clock).await;
+            clock.set_listening(false);
+        })
     }
 }
 
@@ -108,7 +123,7 @@ struct Note {
 }
 
 /// Listen, reconnecting with backoff; a reconnect broadcasts [`LiveEvent::Resync`].
-async fn listen_loop(db: PgPool, tx: broadcast::Sender<LiveEvent>) {
+async fn listen_loop(db: PgPool, tx: broadcast::Sender<LiveEvent>, clock: &ChangeClock) {
     let mut backoff = Duration::from_millis(250);
     let mut cursors: HashMap<(Uuid, &'static str), i64> = HashMap::new();
     loop {
@@ -124,6 +139,7 @@ async fn listen_loop(db: PgPool, tx: broadcast::Sender<LiveEvent>) {
         };
         backoff = Duration::from_millis(250);
         // Whatever was committed while we were not listening is unknown.
+        clock.set_listening(true);
         let _ = tx.send(LiveEvent::Resync);
         tracing::info!("live: listening on {CHANNEL}");
         loop {
@@ -142,7 +158,14 @@ async fn listen_loop(db: PgPool, tx: broadcast::Sender<LiveEvent>) {
                                 None
                             }
                         })
-                        .collect();
+                        .collect::<Vec<Note>>();
+                    if batch.len() != notes.len()
+                        || notes
+                            .iter()
+                            .any(|n| matches!(n.table.as_str(), "run" | "epoch_metric"))
+                    {
+                        clock.tick();
+                    }
                     if let Err(e) = fan_out(&db, &tx, &mut cursors, notes).await {
                         tracing::warn!(error = %e, "live: reading changed rows failed");
                         let _ = tx.send(LiveEvent::Resync);
@@ -150,11 +173,13 @@ async fn listen_loop(db: PgPool, tx: broadcast::Sender<LiveEvent>) {
                 }
                 Ok(None) => {
                     tracing::warn!("live: LISTEN connection lost and re-opened");
+                    clock.set_listening(true);
                     let _ = tx.send(LiveEvent::Resync);
                 }
                 Err(sqlx::Error::PoolClosed) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "live: LISTEN failed; reconnecting");
+                    clock.set_listening(false);
                     break;
                 }
             }

@@ -26,6 +26,8 @@ pub struct AppState {
     pub settings: Arc<ServeSettings>,
     /// Live updates fanned out from the one LISTEN connection (`crate::live`).
     pub live: crate::live::Live,
+    /// The API's run list, served from memory while no run changed.
+    pub run_list: Arc<crate::read_model::run_list_cache::RunListCache>,
 }
 
 impl AppState {
@@ -34,6 +36,7 @@ impl AppState {
             db,
             settings: Arc::new(settings),
             live: crate::live::Live::new(),
+            run_list: Arc::default(),
         }
     }
 }

@@ -9,6 +9,7 @@
 pub mod artifacts;
 pub mod metrics;
 pub mod queue;
+pub mod run_list_cache;
 pub mod runs;
 pub mod workers;
 

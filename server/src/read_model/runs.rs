@@ -96,7 +96,7 @@ impl RunSort {
             Self::BestAcc1 => "best_acc1",
             Self::BestAcc5 => "best_acc5",
             Self::LastLoss => "last_loss",
-            Self::Duration => "duration_seconds",
+            Self::Duration => "extract(epoch from (coalesce(finished_at, now()) - started_at))",
             Self::Worker => "worker_name",
             Self::StartedAt => "started_at",
             Self::FinishedAt => "finished_at",
@@ -203,8 +203,6 @@ const SUMMARY_SELECT: &str = "
            r.parent_epoch, r.created_at, r.started_at, r.finished_at,
            r.epochs_done::bigint as epochs_done, r.best_acc1, r.best_acc5,
            r.last_train_loss as last_loss,
-           extract(epoch from (coalesce(r.finished_at, now()) - r.started_at))::float8
-               as duration_seconds,
            w.name as worker_name,
            j.job_id, j.state::text as job_state, j.attempt, j.max_attempts, j.cancel_requested,
            j.worker_id, j.heartbeat_at, j.checkpoint_epoch, j.priority, j.enqueued_at
@@ -227,7 +225,7 @@ fn summary_from(row: &PgRow) -> Result<RunSummary, sqlx::Error> {
         best_acc5: row.try_get("best_acc5")?,
         last_loss: row.try_get("last_loss")?,
         n_parameters: row.try_get("n_parameters")?,
-        duration_seconds: row.try_get("duration_seconds")?,
+        duration_seconds: None,
         worker: row.try_get("worker_name")?,
         error: row.try_get("error")?,
         created_by: row.try_get("created_by")?,
@@ -236,7 +234,35 @@ fn summary_from(row: &PgRow) -> Result<RunSummary, sqlx::Error> {
         created_at: row.try_get("created_at")?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
-    })
+    }
+    .with_duration())
+}
+
+impl RunSummary {
+    /// Sets `duration_seconds` from the start and finish times, up to now for a
+    /// run still going (so a cached row still shows the right running time).
+    fn with_duration(mut self) -> Self {
+        self.set_duration();
+        self
+    }
+
+    fn set_duration(&mut self) {
+        self.duration_seconds = self.started_at.map(|start| {
+            let end = self.finished_at.unwrap_or_else(Utc::now);
+            ((end - start).num_milliseconds() as f64 / 1000.0).max(0.0)
+        });
+    }
+}
+
+impl RunPage {
+    /// Brings the running time of runs still going up to now.
+    pub fn refresh_durations(&mut self) {
+        for run in &mut self.runs {
+            if run.finished_at.is_none() {
+                run.set_duration();
+            }
+        }
+    }
 }
 
 /// Check the filter against the closed sets the schema allows, so a bad value
@@ -396,4 +422,58 @@ pub async fn run_exists(pool: &PgPool, run_id: Uuid) -> Result<bool, ReadError> 
             .fetch_one(pool)
             .await?,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(started: Option<DateTime<Utc>>, finished: Option<DateTime<Utc>>) -> RunSummary {
+        RunSummary {
+            run_id: Uuid::nil(),
+            name: "r".into(),
+            kind: "pretrain".into(),
+            model: "mae".into(),
+            preset: "vit-micro/4".into(),
+            status: "running".into(),
+            tags: vec![],
+            epochs_done: 0,
+            epochs_total: 1,
+            best_acc1: None,
+            best_acc5: None,
+            last_loss: None,
+            n_parameters: None,
+            duration_seconds: None,
+            worker: None,
+            error: None,
+            created_by: None,
+            parent_run_id: None,
+            parent_epoch: None,
+            created_at: Utc::now(),
+            started_at: started,
+            finished_at: finished,
+        }
+        .with_duration()
+    }
+
+    #[test]
+    fn durations_run_to_now_while_going_and_stop_at_the_finish() {
+        let start = Utc::now() - chrono::Duration::seconds(90);
+        let finished = summary(Some(start), Some(start + chrono::Duration::seconds(30)));
+        assert_eq!(finished.duration_seconds, Some(30.0));
+        assert_eq!(summary(None, None).duration_seconds, None);
+
+        let mut page = RunPage {
+            runs: vec![summary(Some(start), None), finished],
+            total: 2,
+            limit: 50,
+            offset: 0,
+        };
+        // As a cached page would hold it: a minute old.
+        page.runs[0].duration_seconds = Some(30.0);
+        page.refresh_durations();
+        let going = page.runs[0].duration_seconds.expect("started");
+        assert!((90.0..100.0).contains(&going), "{going}");
+        assert_eq!(page.runs[1].duration_seconds, Some(30.0));
+    }
 }

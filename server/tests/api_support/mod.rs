@@ -32,6 +32,27 @@ pub async fn spawn() -> TestApp {
     spawn_with(ServeSettings::default()).await
 }
 
+/// Like [`spawn`], with the LISTEN hub running as `maelab serve` runs it;
+/// returns once it listens.
+pub async fn spawn_listening() -> TestApp {
+    use maelab_server::live::LiveEvent;
+    let db = TestDb::new().await.expect("test database");
+    let (token, _) = tokens::create(&db.pool, "test").await.expect("token");
+    let state = AppState::new(db.pool.clone(), ServeSettings::default());
+    // The hub announces that it listens with a resync.
+    let mut hub = state.live.subscribe();
+    state.live.spawn_listener(db.pool.clone());
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), hub.recv()).await {
+            Ok(Ok(LiveEvent::Resync)) => break,
+            Ok(_) => continue,
+            Err(_) => panic!("the hub did not start listening"),
+        }
+    }
+    let app = app(state);
+    TestApp { db, app, token }
+}
+
 /// An answer, read whole.
 pub struct Answer {
     pub status: StatusCode,

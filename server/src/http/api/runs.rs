@@ -61,6 +61,9 @@ pub async fn create(
     let config =
         RunConfig::from_json_value(value).map_err(|e| AppError::Invalid(with_fields(e)))?;
     let created = runs::create_run(&state.db, &config, Some(&token.name)).await?;
+    // The notification reaches the hub a moment later; this client's next
+    // list must already show the run.
+    state.live.changes().tick();
     let run = detail(&state, created.run_id).await?;
     let mut response = (StatusCode::CREATED, Json(run)).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/runs/{}", created.run_id)) {
@@ -75,7 +78,11 @@ pub async fn list(
     State(state): State<AppState>,
     StrictQuery(filter): StrictQuery<RunFilter>,
 ) -> Result<Json<RunPage>, AppError> {
-    Ok(Json(read_model::runs::list_runs(&state.db, &filter).await?))
+    let page = state
+        .run_list
+        .list(&state.db, state.live.changes(), &filter)
+        .await?;
+    Ok(Json(page))
 }
 
 /// `GET /api/v1/runs/{run_id}`.
@@ -103,6 +110,7 @@ pub async fn cancel(
     RunPath(run_id): RunPath,
 ) -> Result<(StatusCode, Json<Cancelled>), AppError> {
     let outcome = runs::cancel_run(&state.db, run_id).await?;
+    state.live.changes().tick();
     let (status, outcome) = match outcome {
         CancelOutcome::Cancelled => (StatusCode::OK, "cancelled"),
         CancelOutcome::Requested => (StatusCode::ACCEPTED, "requested"),
@@ -119,5 +127,6 @@ pub async fn retry(
     RunPath(run_id): RunPath,
 ) -> Result<Json<RunDetail>, AppError> {
     runs::retry_run(&state.db, run_id).await?;
+    state.live.changes().tick();
     Ok(Json(detail(&state, run_id).await?))
 }

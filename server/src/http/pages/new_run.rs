@@ -241,7 +241,10 @@ async fn submit(
         }
     };
     match result {
-        Ok(created) => Ok(Redirect::to(&format!("/runs/{}", created.run_id)).into_response()),
+        Ok(created) => {
+            state.live.changes().tick();
+            Ok(Redirect::to(&format!("/runs/{}", created.run_id)).into_response())
+        }
         Err(Ok(errors)) => {
             let parents = parents(&state.db).await?;
             let errs = form::errors_by_field(&errors);

@@ -310,6 +310,7 @@ async fn cancel(
     let CsrfForm { token, .. } = post?;
     tracing::info!(%run_id, by = %token.name, "cancel from the run page");
     runs::cancel_run(&state.db, run_id).await?;
+    state.live.changes().tick();
     Ok(Redirect::to(&format!("/runs/{run_id}")).into_response())
 }
 
@@ -322,5 +323,6 @@ async fn retry(
     let CsrfForm { token, .. } = post?;
     tracing::info!(%run_id, by = %token.name, "retry from the run page");
     runs::retry_run(&state.db, run_id).await?;
+    state.live.changes().tick();
     Ok(Redirect::to(&format!("/runs/{run_id}")).into_response())
 }
