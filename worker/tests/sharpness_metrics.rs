@@ -145,17 +145,27 @@ fn hf_loss_ignores_brightness_but_not_edges() {
 #[test]
 fn hf_loss_reads_the_patchify_layout() {
     setup(4);
-    // With every patch masked, the per-patch HF loss equals the HF energy of
-    // the whole-image difference (patch 4 is even, so Haar blocks never cross
-    // patches), divided by the number of HF coefficients.
+    // With every patch masked, the loss is the mean over patches, sub-bands
+    // and channels of the squared RMS difference, where a 4x4 patch holds a
+    // 2x2 block of each sub-band of the whole-image DWT (patch 4 is even, so
+    // Haar blocks never cross patches).
     let (a, b) = (images(2), images(2));
     let all = Tensor::ones([2, 64], CPU);
     let fl = FrequencyLoss::new(4, 3, 1.0, Device::Cpu).unwrap();
     let loss = f64::try_from(fl.high_frequency(&patchify(&a, 4), &patchify(&b, 4), &all)).unwrap();
-    let hf = Haar::new(Device::Cpu).high(&(&a - &b));
-    let expected = f64::try_from(hf.square().mean(Kind::Double)).unwrap();
+    let haar = Haar::new(Device::Cpu);
+    // [2, 9, 16, 16] -> [2, 9, 8, 2, 8, 2] -> RMS per patch [2, 9, 8, 8]
+    let rms = |x: &Tensor| {
+        (haar.high(x).reshape([2, 9, 8, 2, 8, 2]).square().mean_dim(
+            [3i64, 5].as_slice(),
+            false,
+            Kind::Double,
+        ) + 1e-8)
+            .sqrt()
+    };
+    let expected = f64::try_from((rms(&a) - rms(&b)).square().mean(Kind::Double)).unwrap();
     assert!(
-        (loss - expected).abs() < 1e-6 * expected,
+        (loss - expected).abs() < 1e-5 * expected,
         "{loss} vs {expected}"
     );
     // Only masked patches count.
@@ -165,6 +175,33 @@ fn hf_loss_reads_the_patchify_layout() {
     let l1 = f64::try_from(fl.loss(&patchify(&a, 4), &patchify(&b, 4), &some)).unwrap();
     let l2 = f64::try_from(fl.loss(&patchify(&a, 4), &visible_changed, &some)).unwrap();
     assert_eq!(l1, l2);
+}
+
+#[test]
+fn hf_loss_asks_for_the_amount_of_detail_not_its_place() {
+    setup(6);
+    let target_img = images(2);
+    let m = mask(2);
+    let target = patchify(&target_img, 4);
+    let fl = FrequencyLoss::new(4, 3, 1.0, Device::Cpu).unwrap();
+    let f = |x: Tensor| f64::try_from(x).unwrap();
+    let haar = Haar::new(Device::Cpu);
+    let bands = haar.dwt(&target_img); // [2, 12, 16, 16], LL first
+    // The target's detail with its sign flipped: wrong in every pixel, the
+    // right amount of it.
+    let flipped = Tensor::cat(&[bands.narrow(1, 0, 3), -bands.narrow(1, 3, 9)], 1);
+    let flipped = patchify(&haar.idwt(&flipped), 4);
+    // No detail at all: what a pixel MSE drifts to under uncertainty.
+    let flat = Tensor::cat(
+        &[bands.narrow(1, 0, 3), bands.narrow(1, 3, 9).zeros_like()],
+        1,
+    );
+    let flat = patchify(&haar.idwt(&flat), 4);
+    assert!(f(fl.high_frequency(&flipped, &target, &m)) < 1e-9);
+    assert!(f(fl.high_frequency(&flat, &target, &m)) > 1e-3);
+    // The pixel term judges the other way round: flipped detail costs more
+    // than none, which is why MAE's reconstructions blur.
+    assert!(f(fl.pixel(&flipped, &target, &m)) > f(fl.pixel(&flat, &target, &m)));
 }
 
 #[test]

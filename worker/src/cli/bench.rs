@@ -57,6 +57,9 @@ pub struct Args {
     device: String,
     #[arg(long)]
     threads: Option<usize>,
+    /// Pretraining with the frequency-aware loss at this weight (`hf_loss_weight`).
+    #[arg(long, default_value_t = 0.0)]
+    hf_loss_weight: f64,
 }
 
 /// Peak resident memory of this process in MiB (VmHWM), Linux only.
@@ -89,6 +92,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         wave_in,
         preset: Some(args.preset.clone()),
         batch_size: Some(args.batch),
+        hf_loss_weight: Some(args.hf_loss_weight),
         ..Default::default()
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -118,7 +122,8 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
                     encoder_attn,
                     decoder_attn,
                 },
-            )?;
+            )?
+            .with_hf_loss(config.hf_loss_weight)?;
             let ratio = config.mask_ratio;
             Box::new(move || {
                 let noise = masking_noise(&mut rng, b, num_patches, device);

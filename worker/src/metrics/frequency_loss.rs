@@ -1,20 +1,29 @@
 //! The frequency-aware pretraining loss: MAE's pixel loss plus `lambda` times
-//! a loss on the Haar high-frequency sub-bands (LH, HL, HH) of the predicted
-//! patches against the target patches, both over masked patches only.
+//! a high-frequency *energy-matching* term over the masked patches: per patch,
+//! Haar sub-band (LH, HL, HH) and channel, the squared difference between the
+//! RMS of the predicted coefficients and the RMS of the target's.
 //!
-//! Haar is orthonormal, so the squared error of the HF sub-bands is part of
-//! the pixel squared error (Parseval): the extra term re-weights the error
-//! towards edges and texture, which the plain pixel MSE lets MAE blur
-//! (<https://arxiv.org/abs/2111.06377> shows the blur; ml.md, "Wave-MAE").
+//! Why energy and not the coefficients: when MAE cannot know where an edge in
+//! a masked patch goes, any loss on the coefficients themselves, like the
+//! pixel MSE (Haar is orthonormal, so by Parseval an HF coefficient MSE is just
+//! a re-weighted part of the pixel MSE), is smallest for the mean of the
+//! possible edges: no edge at all, a blur. Measured: a coefficient MSE term
+//! left the reconstructions' HF energy ratio no higher than plain MAE's
+//! (docs/wave-mae.md). This term is smallest only when the prediction carries
+//! as much detail as the target, wherever it puts it, so it pushes against
+//! blur while the pixel term keeps the detail where the evidence says.
 //! Works on the patch rows the decoder predicts, so it composes with
-//! norm_pix_loss: the per-patch normalisation is applied to the target first.
+//! norm_pix_loss (the per-patch normalisation is applied to the target first).
 
 use tch::Tensor;
 
 use super::MetricsError;
 use crate::model::wave::Haar;
 
-/// Pixel loss + `weight` * HF sub-band loss, over masked patches.
+/// Keeps the RMS differentiable for a sub-band with no energy at all.
+const RMS_EPS: f64 = 1e-8;
+
+/// Pixel loss + `weight` * HF energy-matching term, over masked patches.
 #[derive(Debug)]
 pub struct FrequencyLoss {
     patch: i64,
@@ -51,23 +60,31 @@ impl FrequencyLoss {
         masked_mean(&per_patch, mask)
     }
 
-    /// Mean squared error of the LH, HL and HH sub-bands per patch, averaged
-    /// over masked patches. Same shapes as [`Self::pixel`]. A scalar.
+    /// The HF energy-matching term: per masked patch, the mean over sub-bands
+    /// (LH, HL, HH) and channels of (RMS of the predicted coefficients - RMS of
+    /// the target's)^2, averaged over masked patches. Same shapes as
+    /// [`Self::pixel`]. A scalar; 0 when the prediction has the target's detail
+    /// energy in every sub-band, even with that detail elsewhere in the patch.
     pub fn high_frequency(&self, pred: &Tensor, target: &Tensor, mask: &Tensor) -> Tensor {
         let size = pred.size();
         let (b, l) = (size[0], size[1]);
         let (p, c) = (self.patch, self.chans);
-        // [B, L, p*p*C] -> [B*L, p, p, C] -> [B*L, C, p, p]
-        let to_img = |x: &Tensor| x.reshape([b * l, p, p, c]).permute([0, 3, 1, 2]);
-        let diff = to_img(pred) - to_img(target);
-        // The DWT is linear: HF(pred) - HF(target) = HF(pred - target).
-        // [B*L, 3C, p/2, p/2] -> [B, L]
-        let per_patch =
-            self.haar
-                .high(&diff)
+        let kind = pred.kind();
+        // [B, L, p*p*C] -> [B*L, C, p, p] -> HF [B*L, 3C, p/2, p/2] -> RMS [B*L, 3C]
+        let rms = |x: &Tensor| {
+            let img = x.reshape([b * l, p, p, c]).permute([0, 3, 1, 2]);
+            (self
+                .haar
+                .high(&img)
                 .square()
-                .reshape([b, l, -1])
-                .mean_dim(-1, false, pred.kind());
+                .mean_dim([-2i64, -1].as_slice(), false, kind)
+                + RMS_EPS)
+                .sqrt()
+        };
+        let per_patch = (rms(pred) - rms(target))
+            .square()
+            .reshape([b, l, -1])
+            .mean_dim(-1, false, kind); // [B, L]
         masked_mean(&per_patch, mask)
     }
 

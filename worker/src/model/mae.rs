@@ -106,8 +106,9 @@ impl Mae {
         })
     }
 
-    /// Add `weight` times the Haar high-frequency sub-band loss over masked
-    /// patches to the pixel loss (`hf_loss_weight`); 0 leaves the loss as is.
+    /// Add `weight` times the Haar high-frequency energy-matching term over
+    /// masked patches (`crate::metrics::FrequencyLoss`) to the pixel loss
+    /// (`hf_loss_weight`); 0 leaves the loss as is.
     pub fn with_hf_loss(mut self, weight: f64) -> Result<Self, ModelError> {
         self.frequency_loss = if weight > 0.0 {
             let fl = FrequencyLoss::new(self.patch, self.chans, weight, self.mask_token.device())

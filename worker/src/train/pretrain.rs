@@ -6,7 +6,7 @@ use std::sync::Arc;
 use maelab_core::config::{Precision, RunConfig};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tch::nn;
+use tch::{Tensor, nn};
 
 use super::epoch::{EpochEnd, train_epoch};
 use super::recon_image::{RECON_IMAGES, reconstruct, to_png};
@@ -16,7 +16,7 @@ use super::{
 };
 use crate::data::{Dataset, to_tensor};
 use crate::events::{EpochRow, Image, Sink};
-use crate::metrics::sharpness;
+use crate::metrics::{MetricsError, Sharpness, sharpness};
 use crate::model::encoder::compute_kind;
 use crate::model::masking::masking_noise;
 use crate::model::wave::pretrain_attn;
@@ -24,6 +24,14 @@ use crate::model::{Mae, MaeConfig, n_parameters};
 
 /// Seed of the fixed reconstruction set (the same images in every run).
 const RECON_SEED: u64 = 0;
+
+/// Test images the sharpness metrics (PSNR, HF ratio) are measured on every
+/// epoch: the same seeded images and masks in every run, enough of them that
+/// two runs can be told apart (the 8 pictured ones are not).
+const SHARPNESS_IMAGES: usize = 256;
+const SHARPNESS_SEED: u64 = 1;
+/// Images per forward pass while measuring them.
+const SHARPNESS_CHUNK: i64 = 64;
 
 pub fn run(
     config: &RunConfig,
@@ -64,6 +72,17 @@ pub fn run(
         device,
     );
 
+    let mut pick = StdRng::seed_from_u64(SHARPNESS_SEED);
+    let count = SHARPNESS_IMAGES.min(test.len());
+    let indices = rand::seq::index::sample(&mut pick, test.len(), count).into_vec();
+    let sharp_imgs = to_tensor(&test, &indices).to_device(device);
+    let sharp_noise = masking_noise(
+        &mut pick,
+        count as i64,
+        i64::from(config.shape.num_patches()),
+        device,
+    );
+
     let train = Arc::new(train);
     for epoch in start..config.epochs {
         seed_torch(config.seed, epoch);
@@ -89,14 +108,9 @@ pub fn run(
             config.norm_pix_loss,
         );
         // Blur, measured: PSNR and HF energy ratio over the masked patches.
-        let sharp = sharpness(
-            &recon.reconstruction,
-            &recon.original,
-            &recon.mask,
-            mae.patch_size(),
-        )
-        .inspect_err(|e| tracing::warn!("sharpness metrics skipped: {e}"))
-        .ok();
+        let sharp = measure_sharpness(&mae, &sharp_imgs, &sharp_noise, config)
+            .inspect_err(|e| tracing::warn!("sharpness metrics skipped: {e}"))
+            .ok();
         let image = Image {
             epoch,
             name: format!("recon-epoch-{epoch:04}.png"),
@@ -120,4 +134,35 @@ pub fn run(
         }
     }
     Ok(Outcome::Finished)
+}
+
+/// PSNR and HF energy ratio of the reconstructions of `imgs` (fixed `noise`
+/// picks the masks), over their masked patches.
+fn measure_sharpness(
+    mae: &Mae,
+    imgs: &Tensor,
+    noise: &Tensor,
+    config: &RunConfig,
+) -> Result<Sharpness, MetricsError> {
+    let n = imgs.size()[0];
+    let (mut recon, mut orig, mut mask) = (Vec::new(), Vec::new(), Vec::new());
+    for start in (0..n).step_by(SHARPNESS_CHUNK as usize) {
+        let len = SHARPNESS_CHUNK.min(n - start);
+        let r = reconstruct(
+            mae,
+            &imgs.narrow(0, start, len),
+            config.mask_ratio,
+            &noise.narrow(0, start, len),
+            config.norm_pix_loss,
+        );
+        recon.push(r.reconstruction);
+        orig.push(r.original);
+        mask.push(r.mask);
+    }
+    sharpness(
+        &Tensor::cat(&recon, 0),
+        &Tensor::cat(&orig, 0),
+        &Tensor::cat(&mask, 0),
+        mae.patch_size(),
+    )
 }
