@@ -20,8 +20,9 @@ use crate::change_clock::ChangeClock;
 pub const MAX_AGE: Duration = Duration::from_secs(2);
 
 /// Distinct filters remembered; past this the cache starts over (a crawler
-/// walking every page must not grow it without bound).
-const MAX_ENTRIES: usize = 256;
+/// walking every page must not grow it without bound). At the largest page
+/// (500 runs) that is a few tens of megabytes at most.
+const MAX_ENTRIES: usize = 64;
 
 #[derive(Debug)]
 struct Entry {
