@@ -60,28 +60,11 @@ pub fn run(
     let mut optim = build_optimizer(config, &vs);
     let (start, _) = resume(config, opts, &vs, &mut optim)?;
 
+    let num_patches = i64::from(config.shape.num_patches());
     // The fixed reconstruction set: 8 seeded test images and fixed masks.
-    let mut pick = StdRng::seed_from_u64(RECON_SEED);
-    let count = RECON_IMAGES.min(test.len());
-    let indices = rand::seq::index::sample(&mut pick, test.len(), count).into_vec();
-    let recon_imgs = to_tensor(&test, &indices).to_device(device);
-    let recon_noise = masking_noise(
-        &mut pick,
-        count as i64,
-        i64::from(config.shape.num_patches()),
-        device,
-    );
-
-    let mut pick = StdRng::seed_from_u64(SHARPNESS_SEED);
-    let count = SHARPNESS_IMAGES.min(test.len());
-    let indices = rand::seq::index::sample(&mut pick, test.len(), count).into_vec();
-    let sharp_imgs = to_tensor(&test, &indices).to_device(device);
-    let sharp_noise = masking_noise(
-        &mut pick,
-        count as i64,
-        i64::from(config.shape.num_patches()),
-        device,
-    );
+    let (recon_imgs, recon_noise) = fixed_set(&test, RECON_IMAGES, RECON_SEED, num_patches, device);
+    let (sharp_imgs, sharp_noise) =
+        fixed_set(&test, SHARPNESS_IMAGES, SHARPNESS_SEED, num_patches, device);
 
     let train = Arc::new(train);
     for epoch in start..config.epochs {
@@ -89,7 +72,6 @@ pub fn run(
         let mut mask_rng = StdRng::seed_from_u64(epoch_seed(config.seed, epoch) ^ 0x6D61_736B); // "mask"
         let loader = epoch_loader(&train, config, opts, epoch)?;
         let start_time = std::time::Instant::now();
-        let num_patches = i64::from(config.shape.num_patches());
         let mut forward = |batch: &crate::data::Batch| {
             let imgs = batch.images.to_device(device).to_kind(kind);
             let noise = masking_noise(&mut mask_rng, imgs.size()[0], num_patches, device);
@@ -165,4 +147,21 @@ fn measure_sharpness(
         &Tensor::cat(&mask, 0),
         mae.patch_size(),
     )
+}
+
+/// Up to `count` test images picked by `seed`, with masking noise from the
+/// same generator: the same images and masks in every run and epoch.
+fn fixed_set(
+    test: &Dataset,
+    count: usize,
+    seed: u64,
+    num_patches: i64,
+    device: tch::Device,
+) -> (Tensor, Tensor) {
+    let mut pick = StdRng::seed_from_u64(seed);
+    let count = count.min(test.len());
+    let indices = rand::seq::index::sample(&mut pick, test.len(), count).into_vec();
+    let imgs = to_tensor(test, &indices).to_device(device);
+    let noise = masking_noise(&mut pick, count as i64, num_patches, device);
+    (imgs, noise)
 }
