@@ -60,6 +60,8 @@ pub enum LiveEvent {
     Epoch(Arc<EpochRow>),
     Steps(Arc<Batch<StepRow>>),
     Recons(Arc<Batch<ReconRow>>),
+    /// A study changed without a run changing (an arm was calibrated).
+    StudyChanged(Uuid),
     /// Notifications may have been lost (the LISTEN connection dropped):
     /// every stream re-reads what it missed.
     Resync,
@@ -120,6 +122,8 @@ struct Note {
     table: String,
     #[serde(default)]
     epoch: Option<i32>,
+    #[serde(default)]
+    study_id: Option<Uuid>,
 }
 
 /// Listen, reconnecting with backoff; a reconnect broadcasts [`LiveEvent::Resync`].
@@ -211,7 +215,7 @@ async fn fan_out(
     let mut recons = Vec::new();
     let mut seen = HashSet::new();
     for n in notes {
-        if !seen.insert((n.run_id, n.table.clone(), n.epoch)) {
+        if !seen.insert((n.run_id, n.table.clone(), n.epoch, n.study_id)) {
             continue;
         }
         match n.table.as_str() {
@@ -219,6 +223,11 @@ async fn fan_out(
             "epoch_metric" => epochs.extend(n.epoch.map(|e| (n.run_id, e))),
             "step_metric" if !steps.contains(&n.run_id) => steps.push(n.run_id),
             "artifact" if !recons.contains(&n.run_id) => recons.push(n.run_id),
+            "study_calibration" => {
+                if let Some(id) = n.study_id {
+                    let _ = tx.send(LiveEvent::StudyChanged(id));
+                }
+            }
             _ => {}
         }
     }

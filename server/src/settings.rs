@@ -34,6 +34,10 @@ pub struct ServeSettings {
     /// Connections in the server's pool.
     #[arg(long, env = "MAELAB_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
+
+    /// Most runs one study may queue (arms x seeds x stages).
+    #[arg(long, env = "MAELAB_MAX_STUDY_RUNS", default_value_t = maelab_core::study::spec::DEFAULT_MAX_RUNS)]
+    pub max_study_runs: usize,
 }
 
 impl Default for ServeSettings {
@@ -46,6 +50,7 @@ impl Default for ServeSettings {
             require_auth_for_reads: false,
             body_limit: 1024 * 1024,
             db_pool: 16,
+            max_study_runs: maelab_core::study::spec::DEFAULT_MAX_RUNS,
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod artifacts;
 pub mod metrics;
 pub mod queue;
 pub mod runs;
+pub mod studies;
 pub mod testing;
 pub mod workers;
 

@@ -118,6 +118,9 @@ pub enum JobType {
     /// Train nothing: sleep and write fake epoch rows through the same fenced
     /// path, so queue tests and benchmarks need neither torch nor a GPU.
     LoadTest,
+    /// Measure one study arm's images/second for its seconds budget, then
+    /// size and queue the arm's runs (`db::studies::finish_calibration`).
+    Calibrate,
 }
 
 impl JobType {
@@ -125,6 +128,7 @@ impl JobType {
         match self {
             Self::Train => "train",
             Self::LoadTest => "load_test",
+            Self::Calibrate => "calibrate",
         }
     }
 }
@@ -267,7 +271,7 @@ fn lost(lease: &Lease) -> QueueError {
 
 /// The end states a worker can put its own job in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Finish {
+pub(crate) enum Finish {
     Succeeded,
     Failed,
     Cancelled,
@@ -283,9 +287,10 @@ impl Finish {
     }
 }
 
-/// Move the leased job and its run to a terminal state, fenced by the lease.
-async fn finish(
-    pool: &PgPool,
+/// Move the leased job and its run to a terminal state, fenced by the lease,
+/// inside the caller's transaction.
+pub(crate) async fn finish_in(
+    tx: &mut sqlx::PgConnection,
     lease: &Lease,
     state: Finish,
     error: Option<&str>,
@@ -306,7 +311,7 @@ async fn finish(
     .bind(lease.lease_token)
     .bind(state.as_str())
     .bind(error)
-    .fetch_optional(pool)
+    .fetch_optional(tx)
     .await?;
     match row {
         Some(_) => Ok(()),
@@ -314,9 +319,35 @@ async fn finish(
     }
 }
 
-/// The job ran to its end: job and run succeeded.
+async fn finish(
+    pool: &PgPool,
+    lease: &Lease,
+    state: Finish,
+    error: Option<&str>,
+) -> Result<(), QueueError> {
+    let mut tx = pool.begin().await?;
+    finish_in(&mut tx, lease, state, error).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The job ran to its end: job and run succeeded. When the run is the
+/// pretrain of a study chain, its finetune is queued in the same transaction
+/// (`studies::advance_chain`), so a chain never stalls between two stages.
 pub async fn complete(pool: &PgPool, lease: &Lease) -> Result<(), QueueError> {
-    finish(pool, lease, Finish::Succeeded, None).await
+    let mut tx = pool.begin().await?;
+    finish_in(&mut tx, lease, Finish::Succeeded, None).await?;
+    if let Some(run_id) = lease.run_id {
+        match super::studies::advance_chain(&mut tx, run_id).await {
+            Ok(()) => {}
+            Err(super::studies::StudyError::Db(e)) => return Err(e.into()),
+            Err(super::studies::StudyError::Queue(e)) => return Err(e),
+            // Not the queue's to refuse: the run did succeed.
+            Err(e) => tracing::error!(%run_id, error = %e, "study chain not advanced"),
+        }
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// The job cannot succeed (bad data, no device, non-finite loss): job and run

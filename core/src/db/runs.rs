@@ -84,6 +84,32 @@ pub async fn create_run_with(
     created_by: Option<&str>,
     job: &JobOptions,
 ) -> Result<CreatedRun, RunError> {
+    let mut tx = pool.begin().await?;
+    let created = insert_run(&mut tx, config, created_by, job, None).await?;
+    tx.commit().await?;
+    tracing::info!(run_id = %created.run_id, job_id = created.job_id, name = %config.name, "run queued");
+    Ok(created)
+}
+
+/// Where a run of a study belongs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StudyLink<'a> {
+    pub study_id: Uuid,
+    pub arm: &'a str,
+    pub seed: u64,
+}
+
+/// Validate `config`, check a finetune's parent, and insert the run and its
+/// job inside the caller's transaction (the job insert NOTIFYs idle workers
+/// when it commits). Studies create their runs through this too, so a study's
+/// run is checked exactly like a submitted one.
+pub async fn insert_run(
+    tx: &mut sqlx::PgConnection,
+    config: &RunConfig,
+    created_by: Option<&str>,
+    job: &JobOptions,
+    study: Option<StudyLink<'_>>,
+) -> Result<CreatedRun, RunError> {
     config.validate()?;
     let config_json = serde_json::to_value(config)
         .map_err(|e| ConfigErrors::one("", format!("cannot serialise the config: {e}")))?;
@@ -94,14 +120,17 @@ pub async fn create_run_with(
         .map(i32::try_from)
         .transpose()
         .map_err(|_| ConfigErrors::one("parent_epoch", "is too large"))?;
-    let mut tx = pool.begin().await?;
     if let Some(parent) = config.parent_run {
-        check_parent(&mut tx, config, parent, parent_epoch).await?;
+        check_parent(&mut *tx, config, parent, parent_epoch).await?;
     }
+    let study_seed = study
+        .map(|s| i64::try_from(s.seed))
+        .transpose()
+        .map_err(|_| ConfigErrors::one("seed", "is too large"))?;
     let run_id: Uuid = sqlx::query_scalar(
         "insert into run (name, kind, model, preset, config, tags, parent_run_id, parent_epoch,
-                          epochs_total, created_by)
-         values ($1, $2::run_kind, $3, $4, $5, $6, $7, $8, $9, $10)
+                          epochs_total, created_by, study_id, study_arm, study_seed)
+         values ($1, $2::run_kind, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
          returning run_id",
     )
     .bind(&config.name)
@@ -114,6 +143,9 @@ pub async fn create_run_with(
     .bind(parent_epoch)
     .bind(epochs_total)
     .bind(created_by)
+    .bind(study.map(|s| s.study_id))
+    .bind(study.map(|s| s.arm))
+    .bind(study_seed)
     .fetch_one(&mut *tx)
     .await?;
     let job_id = queue::enqueue(
@@ -127,8 +159,6 @@ pub async fn create_run_with(
         },
     )
     .await?;
-    tx.commit().await?;
-    tracing::info!(%run_id, job_id, name = %config.name, "run queued");
     Ok(CreatedRun { run_id, job_id })
 }
 

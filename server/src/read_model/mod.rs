@@ -11,6 +11,8 @@ pub mod metrics;
 pub mod queue;
 pub mod run_list_cache;
 pub mod runs;
+pub mod studies;
+pub mod study_results;
 pub mod workers;
 
 pub use runs::{RunDetail, RunFilter, RunPage, RunSort, RunSummary, SortOrder};

@@ -3,15 +3,10 @@
 //! reference of the same architecture is benches/pytorch_mae.py.
 
 use std::process::ExitCode;
-use std::time::Instant;
 
 use maelab_core::config::{ModelKind, RunConfig, RunConfigInput, RunKind, WaveIn};
-use tch::{Device, Kind, Tensor, nn};
 
-use crate::model::masking::masking_noise;
-use crate::model::wave::{finetune_attn, pretrain_attn};
-use crate::model::{Classifier, Mae, MaeConfig, n_parameters};
-use crate::train::optim::{AdamW, AdamWConfig};
+use crate::train::throughput;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Mode {
@@ -100,86 +95,12 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.threads {
         tch::set_num_threads(n.max(1) as i32);
     }
-    tch::manual_seed(0);
-    let vs = nn::VarStore::new(device);
-    let shape = &config.shape;
-    let b = i64::from(args.batch);
-    let imgs = Tensor::randn(
-        [b, 3, i64::from(shape.img_size), i64::from(shape.img_size)],
-        (Kind::Float, device),
+    let measured = throughput::measure(&config, device, args.warmup, args.steps)?;
+    let (ips, seconds, loss) = (
+        measured.images_per_second,
+        measured.seconds,
+        measured.last_loss,
     );
-    let labels = Tensor::randint(i64::from(shape.num_classes), [b], (Kind::Int64, device));
-    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
-    let num_patches = i64::from(shape.num_patches());
-    let step_fn: Box<dyn FnMut() -> Tensor> = match args.mode {
-        Mode::Pretrain => {
-            let (encoder_attn, decoder_attn) = pretrain_attn(&config);
-            let mae = Mae::new(
-                &vs.root(),
-                &MaeConfig {
-                    shape: shape.clone(),
-                    norm_pix_loss: true,
-                    encoder_attn,
-                    decoder_attn,
-                },
-            )?
-            .with_hf_loss(config.hf_loss_weight)?;
-            let ratio = config.mask_ratio;
-            Box::new(move || {
-                let noise = masking_noise(&mut rng, b, num_patches, device);
-                mae.forward(&imgs, ratio, &noise, true).loss
-            })
-        }
-        Mode::Finetune => {
-            let model =
-                Classifier::new(&vs.root(), shape, config.drop_path, finetune_attn(&config))?;
-            let smoothing = config.smoothing;
-            Box::new(move || {
-                model.forward(&imgs, true).cross_entropy_loss(
-                    &labels,
-                    None::<Tensor>,
-                    tch::Reduction::Mean,
-                    -100,
-                    smoothing,
-                )
-            })
-        }
-    };
-    let mut step_fn = step_fn;
-    let betas = if matches!(args.mode, Mode::Pretrain) {
-        (0.9, 0.95)
-    } else {
-        (0.9, 0.999)
-    };
-    let mut optim = AdamW::new(
-        &vs,
-        AdamWConfig {
-            betas,
-            eps: 1e-8,
-            weight_decay: config.weight_decay,
-            layer_decay: config.layer_decay,
-            depth: shape.depth,
-        },
-    );
-    let mut run_steps = |n: u32| -> f64 {
-        let mut last = 0.0;
-        for _ in 0..n {
-            optim.zero_grad();
-            let loss = step_fn();
-            loss.backward();
-            optim.step(1e-4);
-            last = loss.double_value(&[]); // syncs the device, like a real step's check
-        }
-        last
-    };
-    run_steps(args.warmup);
-    if let Device::Cuda(_) = device {
-        tch::Cuda::synchronize(0);
-    }
-    let start = Instant::now();
-    let loss = run_steps(args.steps);
-    let seconds = start.elapsed().as_secs_f64();
-    let ips = f64::from(args.steps) * b as f64 / seconds;
     let mode = match args.mode {
         Mode::Pretrain => "pretrain",
         Mode::Finetune => "finetune",
@@ -197,7 +118,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         args.device,
         tch::get_num_threads()
     );
-    println!("n_parameters {}", n_parameters(&vs));
+    println!("n_parameters {}", measured.n_parameters);
     println!("images_per_second {ips:.1}");
     println!(
         "seconds_per_step {:.3}",

@@ -13,6 +13,7 @@
 //! - SIGTERM stops the job at its next step, requeues it (with the last
 //!   epoch's checkpoint as resume point), marks the worker stopped, exits 0.
 
+pub mod calibrate_job;
 pub mod load_test;
 pub mod signals;
 pub mod sink;
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use maelab_core::db::queue::{self, ClaimedJob, Lease, QueueError};
+use maelab_core::db::studies::{self, StudyError};
 use maelab_core::db::workers::{self, WorkerInfo};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -41,6 +43,9 @@ pub enum JobEnd {
     Stopped(StopReason),
     /// Cannot succeed (bad data, device error, non-finite loss); not retried.
     Failed(String),
+    /// The job recorded its own end with its results, in one transaction
+    /// (a calibration): nothing is left to settle.
+    Settled,
 }
 
 /// Everything `maelab-worker run` is configured with.
@@ -288,7 +293,57 @@ impl Worker {
                 })
                 .await
             }
+            "calibrate" => self.calibrate(job, signals).await,
             other => JobEnd::Failed(format!("unknown job type `{other}`")),
+        }
+    }
+
+    /// A study arm's calibration: measure on a blocking thread, then record
+    /// it, size the arm's chains and queue them ([`calibrate_job`]).
+    async fn calibrate(&self, job: &ClaimedJob, signals: Arc<JobSignals>) -> JobEnd {
+        let target = match calibrate_job::target(&self.pool, job).await {
+            Ok(t) => t,
+            Err(end) => return end,
+        };
+        let (device, cache_dir, threads) = (
+            self.device,
+            self.settings.cache_dir.clone(),
+            self.settings.threads,
+        );
+        let measuring = target.clone();
+        let measured = tokio::task::spawn_blocking(move || {
+            if let Some(n) = threads {
+                tch::set_num_threads(n.max(1) as i32);
+            }
+            calibrate_job::measure(&measuring, device, &cache_dir, &signals)
+        })
+        .await;
+        let measured = match measured {
+            Ok(Ok(Ok(m))) => m,
+            Ok(Ok(Err(end))) => return end,
+            Ok(Err(e)) => return JobEnd::Failed(format!("calibration: {e:#}")),
+            Err(e) => return JobEnd::Failed(format!("the job's thread panicked: {e}")),
+        };
+        let info = calibrate_job::device_info(device);
+        let started = Instant::now();
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match studies::finish_calibration(&self.pool, &job.lease, &target, &info, &measured)
+                .await
+            {
+                Ok(()) => return JobEnd::Settled,
+                Err(StudyError::Queue(QueueError::LeaseLost { .. })) => {
+                    return JobEnd::Stopped(StopReason::LeaseLost);
+                }
+                Err(StudyError::Db(e))
+                    if queue::is_transient_sqlx(&e) && started.elapsed() < sink::WRITE_PATIENCE =>
+                {
+                    tracing::warn!(error = %e, "recording the calibration failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return JobEnd::Failed(format!("calibration: {e}")),
+            }
         }
     }
 
@@ -335,7 +390,7 @@ impl Worker {
                     queue::finish_cancelled(&self.pool, lease).await
                 }
                 JobEnd::Stopped(StopReason::Shutdown) => queue::requeue(&self.pool, lease).await,
-                JobEnd::Stopped(StopReason::LeaseLost) => return,
+                JobEnd::Stopped(StopReason::LeaseLost) | JobEnd::Settled => return,
             };
             match result {
                 Ok(()) => return,

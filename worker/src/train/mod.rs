@@ -17,6 +17,7 @@ pub mod optim;
 mod pretrain;
 pub mod recon_image;
 pub mod schedule;
+pub mod throughput;
 
 use std::path::{Path, PathBuf};
 

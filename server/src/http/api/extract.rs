@@ -73,6 +73,15 @@ fn without_position(message: &str) -> &str {
 
 /// The body as a JSON value: content type, limit and syntax checked.
 pub async fn json_value(req: Request, limit: usize) -> Result<serde_json::Value, AppError> {
+    let bytes = json_bytes(req, limit).await?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| AppError::bad_request("", format!("malformed JSON: {e}")))
+}
+
+/// The body's bytes with the content type, limit and emptiness checked, for
+/// a caller that parses JSON itself (a study's arms keep their order and a
+/// repeated key is caught only when parsed from the text).
+pub async fn json_bytes(req: Request, limit: usize) -> Result<Bytes, AppError> {
     let (parts, body) = req.into_parts();
     let content_type = parts
         .headers
@@ -99,8 +108,7 @@ pub async fn json_value(req: Request, limit: usize) -> Result<serde_json::Value,
             "the body is empty; expected a JSON object",
         ));
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| AppError::bad_request("", format!("malformed JSON: {e}")))
+    Ok(bytes)
 }
 
 /// Deserialize `value` into `T`, answering 422 with the field on a mismatch.

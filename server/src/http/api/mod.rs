@@ -1,6 +1,6 @@
 //! The REST API under `/api/v1`.
 //!
-//! One table, [`ROUTES`], lists every endpoint with its method, path,
+//! Two tables, [`ROUTES`] and [`STUDY_ROUTES`] ([`all_routes`]), list every endpoint with its method, path,
 //! parameters and answers; [`router`] mounts exactly that table and
 //! [`openapi::document`] describes exactly that table, so the OpenAPI document
 //! cannot drift from the handlers (a test also sends every documented route
@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod paths;
 pub mod queue;
 pub mod runs;
+pub mod studies;
 pub mod workers;
 
 use axum::Router;
@@ -340,6 +341,166 @@ pub static ROUTES: &[ApiRoute] = &[
     },
 ];
 
+const STUDY_PAGE: &[QueryParam] = &[
+    QueryParam {
+        name: "limit",
+        schema: || s_range(1, 500),
+        description: "Rows per page, 1-500 (default 50).",
+    },
+    QueryParam {
+        name: "offset",
+        schema: || s_range(0, i64::MAX),
+        description: "Rows to skip (default 0).",
+    },
+];
+
+/// The study endpoints (issue 11), mounted and documented like [`ROUTES`].
+pub static STUDY_ROUTES: &[ApiRoute] = &[
+    ApiRoute {
+        verb: Verb::Post,
+        path: "/api/v1/studies",
+        operation_id: "createStudy",
+        summary: "Submit a study: every arm and seed is checked, then all its runs (or its arms' calibrations) are queued in one transaction.",
+        write: true,
+        query: &[],
+        body: Some(|| s_ref("StudySpec")),
+        ok: (201, "application/json", || s_ref("StudyDetail")),
+        errors: &[403, 413, 415, 422],
+        handler: |m| on(m, studies::create),
+    },
+    ApiRoute {
+        verb: Verb::Post,
+        path: "/api/v1/studies/preview",
+        operation_id: "previewStudy",
+        summary: "The runs a study would queue, with their resolved configs; nothing is written.",
+        write: false,
+        query: &[],
+        body: Some(|| s_ref("StudySpec")),
+        ok: (200, "application/json", || s_ref("StudyPreview")),
+        errors: &[413, 415, 422],
+        handler: |m| on(m, studies::preview_handler),
+    },
+    ApiRoute {
+        verb: Verb::Get,
+        path: "/api/v1/studies",
+        operation_id: "listStudies",
+        summary: "Studies, newest first, with the progress of their chains.",
+        write: false,
+        query: STUDY_PAGE,
+        body: None,
+        ok: (200, "application/json", || s_array_of("StudySummary")),
+        errors: &[],
+        handler: |m| on(m, studies::list),
+    },
+    ApiRoute {
+        verb: Verb::Get,
+        path: "/api/v1/studies/{study_id}",
+        operation_id: "getStudy",
+        summary: "One study: chains, calibration, and the results with intervals.",
+        write: false,
+        query: &[],
+        body: None,
+        ok: (200, "application/json", || s_ref("StudyDetail")),
+        errors: &[404],
+        handler: |m| on(m, studies::get),
+    },
+    ApiRoute {
+        verb: Verb::Post,
+        path: "/api/v1/studies/{study_id}/cancel",
+        operation_id: "cancelStudy",
+        summary: "Cancel a study: queued jobs at once, running ones within a heartbeat; nothing new is queued.",
+        write: true,
+        query: &[],
+        body: None,
+        ok: (200, "application/json", || s_ref("StudyCancelled")),
+        errors: &[403, 404],
+        handler: |m| on(m, studies::cancel),
+    },
+    ApiRoute {
+        verb: Verb::Post,
+        path: "/api/v1/studies/{study_id}/retry",
+        operation_id: "retryStudy",
+        summary: "Requeue the failed or cancelled work of a study, or of one chain (arm and seed).",
+        write: true,
+        query: &[
+            QueryParam {
+                name: "arm",
+                schema: s_string,
+                description: "Only this arm's chain (with seed).",
+            },
+            QueryParam {
+                name: "seed",
+                schema: || s_range(0, i64::MAX),
+                description: "Only this seed's chain (with arm).",
+            },
+        ],
+        body: None,
+        ok: (200, "application/json", || s_ref("StudyRetried")),
+        errors: &[403, 404, 409, 422],
+        handler: |m| on(m, studies::retry),
+    },
+    ApiRoute {
+        verb: Verb::Get,
+        path: "/api/v1/studies/{study_id}/export",
+        operation_id: "exportStudy",
+        summary: "Per-seed (rows=seeds) or aggregate (rows=aggregate) rows as JSON or CSV.",
+        write: false,
+        query: &[
+            QueryParam {
+                name: "format",
+                schema: || s_enum(&["json", "csv"]),
+                description: "json (default) or csv.",
+            },
+            QueryParam {
+                name: "rows",
+                schema: || s_enum(&["seeds", "aggregate"]),
+                description: "seeds (default) or aggregate.",
+            },
+        ],
+        body: None,
+        ok: (
+            200,
+            "application/json",
+            || json!({"type": "array", "items": {"type": "object"}}),
+        ),
+        errors: &[404],
+        handler: |m| on(m, studies::export),
+    },
+    ApiRoute {
+        verb: Verb::Get,
+        path: "/api/v1/studies/{study_id}/curves",
+        operation_id: "studyCurves",
+        summary: "Per arm, stage, metric and epoch: mean and min-max band over seeds.",
+        write: false,
+        query: &[],
+        body: None,
+        ok: (
+            200,
+            "application/json",
+            || json!({"type": "array", "items": {"type": "object"}}),
+        ),
+        errors: &[404],
+        handler: |m| on(m, studies::curves),
+    },
+    ApiRoute {
+        verb: Verb::Get,
+        path: "/api/v1/studies/{study_id}/events",
+        operation_id: "studyEvents",
+        summary: "Server-sent events: `progress` with the study and every chain, at once and after each change.",
+        write: false,
+        query: &[],
+        body: None,
+        ok: (200, "text/event-stream", || json!({"type": "string"})),
+        errors: &[404],
+        handler: |m| on(m, studies::events),
+    },
+];
+
+/// Every documented endpoint: runs and the rest, then studies.
+pub fn all_routes() -> impl Iterator<Item = &'static ApiRoute> {
+    ROUTES.iter().chain(STUDY_ROUTES.iter())
+}
+
 /// Answer for any other path under `/api/v1`: a JSON 404, not an empty page.
 async fn not_found(uri: Uri) -> AppError {
     AppError::NotFound(format!("no API endpoint at {}", uri.path()))
@@ -348,7 +509,7 @@ async fn not_found(uri: Uri) -> AppError {
 /// The API's routes, to be merged into [`crate::http::app`].
 pub fn router() -> Router<AppState> {
     let mut router = Router::new();
-    for route in ROUTES {
+    for route in all_routes() {
         router = router.route(route.path, (route.handler)(route.verb.filter()));
     }
     router

@@ -6,7 +6,7 @@
 use axum::Json;
 use serde_json::{Map, Value, json};
 
-use super::{ApiRoute, ROUTES};
+use super::{ApiRoute, all_routes};
 
 /// Where the document is served.
 pub const PATH: &str = "/api/v1/openapi.json";
@@ -137,6 +137,49 @@ fn schemas() -> Value {
         "ArtifactInfo": object("An artifact's metadata."),
         "Worker": object("A worker process."),
         "Queue": object("Queued jobs in claim order and running jobs."),
+        "StudySpec": study_spec_schema(),
+        "StudyPreview": object("The runs a study would queue (nothing is written)."),
+        "StudySummary": object("A study with the progress of its chains."),
+        "StudyDetail": object("A study: arms, calibration, chains with their runs and values, and the results (mean, 95% bootstrap CI, difference to the baseline, Welch p, probability of improvement, verdicts)."),
+        "StudyCancelled": object("Jobs cancelled at once and jobs told to stop."),
+        "StudyRetried": object("Runs, finetunes and calibrations put back on the queue."),
+    })
+}
+
+/// The submitted study (`maelab_core::study::StudySpec`).
+pub fn study_spec_schema() -> Value {
+    let table = json!({"type": "object", "additionalProperties": true});
+    json!({
+        "type": "object",
+        "description": "A study: a base run config, named arms (overrides of the base) or a grid, seeds and a budget.",
+        "additionalProperties": false,
+        "required": ["name", "seeds"],
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 150},
+            "description": {"type": "string", "nullable": true},
+            "stages": {"type": "string", "enum": ["pretrain_finetune", "pretrain", "finetune"], "nullable": true},
+            "baseline": {"type": "string", "nullable": true},
+            "seeds": {"oneOf": [
+                {"type": "integer", "minimum": 1, "maximum": maelab_core::study::spec::MAX_SEEDS},
+                {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1},
+            ]},
+            "base": table,
+            "finetune": {"type": "object", "additionalProperties": true, "nullable": true},
+            "budget": {
+                "type": "object",
+                "nullable": true,
+                "additionalProperties": false,
+                "properties": {
+                    "epochs": {"type": "integer", "minimum": 1, "nullable": true},
+                    "pretrain_epochs": {"type": "integer", "minimum": 1, "nullable": true},
+                    "finetune_epochs": {"type": "integer", "minimum": 1, "nullable": true},
+                    "pretrain_seconds": {"type": "number", "nullable": true},
+                    "finetune_seconds": {"type": "number", "nullable": true},
+                },
+            },
+            "arms": {"type": "object", "additionalProperties": table},
+            "grid": {"type": "object", "additionalProperties": {"type": "array"}},
+        },
     })
 }
 
@@ -207,7 +250,7 @@ fn operation(route: &ApiRoute) -> Value {
 /// The whole document.
 pub fn document() -> Value {
     let mut paths = Map::new();
-    for route in ROUTES {
+    for route in all_routes() {
         let item = paths
             .entry(route.path.to_string())
             .or_insert_with(|| json!({}));
@@ -247,7 +290,7 @@ mod tests {
     #[test]
     fn every_route_is_documented_with_its_path_parameters() {
         let doc = document();
-        for route in ROUTES {
+        for route in all_routes() {
             let op = &doc["paths"][route.path][route.verb.as_str()];
             assert_eq!(op["operationId"], route.operation_id, "{}", route.path);
             let documented: Vec<&str> = op["parameters"]

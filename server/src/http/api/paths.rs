@@ -61,3 +61,19 @@ impl<S: Send + Sync> FromRequestParts<S> for ArtifactPath {
         Ok(Self(run_id, name.to_string()))
     }
 }
+
+/// `{study_id}`.
+#[derive(Debug, Clone, Copy)]
+pub struct StudyPath(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for StudyPath {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let p = params(parts, state).await?;
+        let raw = param(&p, "study_id")?;
+        Uuid::parse_str(raw)
+            .map(Self)
+            .map_err(|_| AppError::bad_request("study_id", "is not a UUID"))
+    }
+}
