@@ -47,7 +47,8 @@ create table study_chain (
 
 -- A seconds budget becomes images through the arm's measured throughput on
 -- the worker that calibrated it: images = seconds x images/s, epochs =
--- round(images / train images), at least 1. One row per arm and stage.
+-- round(images / train images) (at least 1), each a fresh random sample of
+-- images / epochs training images. One row per arm and stage.
 create table study_calibration (
     study_id           uuid not null,
     arm                text not null,
@@ -57,8 +58,9 @@ create table study_calibration (
     worker_id          uuid references worker (worker_id) on delete set null,
     images_per_second  double precision not null check (images_per_second > 0),
     budget_seconds     double precision not null check (budget_seconds > 0),
-    train_images       bigint not null check (train_images > 0),   -- one epoch
+    train_images       bigint not null check (train_images > 0),   -- the training split
     epochs             integer not null check (epochs > 0),
+    epoch_images       bigint not null check (epoch_images > 0),   -- sampled per epoch
     measured_at        timestamptz not null default now(),
     primary key (study_id, arm, stage),
     foreign key (study_id, arm) references study_arm (study_id, arm) on delete cascade

@@ -2,7 +2,7 @@
 //! and every bad input named by its field with nothing expanded.
 
 use maelab_core::config::{ModelKind, RunKind, WaveIn};
-use maelab_core::study::spec::{self, Budget, Stages, StudySpec, seconds_to_epochs};
+use maelab_core::study::spec::{self, Budget, StageSize, Stages, StudySpec, seconds_to_size};
 
 fn spec(text: &str) -> StudySpec {
     StudySpec::from_toml_str(text).expect("parses")
@@ -166,18 +166,48 @@ fn a_seconds_budget_is_calibrated_later_and_converts_to_epochs() {
             study.budget,
             &arm,
             1,
-            Some((Some(7), Some(4))),
+            Some((
+                Some(StageSize {
+                    epochs: 7,
+                    epoch_images: Some(30_000),
+                }),
+                Some(StageSize {
+                    epochs: 4,
+                    epoch_images: None,
+                }),
+            )),
         )
         .expect("valid");
-    assert_eq!(chain.pretrain.as_ref().map(|c| c.epochs), Some(7));
-    assert_eq!(chain.finetune.as_ref().map(|c| c.epochs), Some(4));
-    assert!((chain.pretrain.as_ref().expect("pre").warmup_epochs - 0.7).abs() < 1e-12);
+    let pre = chain.pretrain.as_ref().expect("pre");
+    let ft = chain.finetune.as_ref().expect("ft");
+    assert_eq!((pre.epochs, pre.epoch_images), (7, Some(30_000)));
+    assert_eq!((ft.epochs, ft.epoch_images), (4, None));
+    assert!((pre.warmup_epochs - 0.7).abs() < 1e-12);
 
-    // 600 s at 130 images/s over 50,000 images: 78,000 images, 1.56 -> 2 epochs.
-    assert_eq!(seconds_to_epochs(600.0, 130.0, 50_000), (78_000, 2));
-    // A slower arm sees fewer images: 600 s at 40/s is 24,000, at least 1 epoch.
-    assert_eq!(seconds_to_epochs(600.0, 40.0, 50_000), (24_000, 1));
-    assert_eq!(seconds_to_epochs(10.0, 100.0, 256), (1_000, 4));
+    let size = |epochs, epoch_images| StageSize {
+        epochs,
+        epoch_images,
+    };
+    // 600 s at 130 images/s over 50,000 images: 78,000 images = 2 epochs of 39,000.
+    assert_eq!(
+        seconds_to_size(600.0, 130.0, 50_000, 128),
+        (78_000, size(2, Some(39_000)))
+    );
+    // A slower arm sees fewer images: 600 s at 40/s is 24,000, one epoch's sample.
+    assert_eq!(
+        seconds_to_size(600.0, 40.0, 50_000, 128),
+        (24_000, size(1, Some(24_000)))
+    );
+    // Whole epochs when the budget buys them exactly.
+    assert_eq!(
+        seconds_to_size(10.0, 100.0, 250, 32),
+        (1_000, size(4, None))
+    );
+    // Never less than a batch per epoch.
+    assert_eq!(
+        seconds_to_size(0.1, 10.0, 1_000, 32),
+        (1, size(1, Some(32)))
+    );
 }
 
 /// The fields a bad study is refused with (nothing is expanded).
@@ -200,8 +230,19 @@ fn bad_studies_are_refused_naming_the_arm_and_field() {
         200,
     );
     assert!(has(&e, "arms.a.mask_ratoi"), "unknown field: {e:?}");
-    let e = refused("name = 's'\nseeds = 1\n[arms.a]\nmask_ratio = 1.5\n", 200);
-    assert!(has(&e, "arms.a.mask_ratio"), "bad value: {e:?}");
+    let e = refused(
+        "name = 's'\nseeds = 3\n[arms.a]\nmask_ratio = 1.5\n[arms.b]\nmask_ratio = 2.5\n",
+        200,
+    );
+    assert!(
+        has(&e, "arms.a.mask_ratio") && has(&e, "arms.b.mask_ratio"),
+        "bad value: {e:?}"
+    );
+    assert_eq!(
+        e.len(),
+        4,
+        "each bad arm once (both stages), not once per seed: {e:?}"
+    );
     let e = refused(
         "name = 's'\nseeds = 1\n[base]\nmask_ratio = 1.5\n[arms.a]\nmodel = 'mae'\n",
         200,

@@ -233,7 +233,7 @@ async fn results_follow_the_chains_with_intervals_differences_and_verdicts() {
 
     let list = app.get("/api/v1/studies").await.json();
     assert_eq!(list[0]["study_id"], id.as_str());
-    assert_eq!(list[0]["chains"], 6);
+    assert_eq!(list[0]["chains_total"], 6);
 }
 
 #[tokio::test]

@@ -38,6 +38,7 @@ fn config(augment: Augment) -> LoaderConfig {
         seed: 3,
         epoch: 0,
         augment,
+        limit: None,
         threads: 1,
         prefetch: 2,
     }

@@ -31,6 +31,7 @@ fn config(batch_size: usize, drop_last: bool, threads: usize) -> LoaderConfig {
         seed: 42,
         epoch: 1,
         augment: Augment::None,
+        limit: None,
         threads,
         prefetch: 2,
     }
@@ -155,4 +156,33 @@ fn bad_configs_are_errors() {
     cfg.augment = Augment::Finetune(FinetuneAugment::recipe(2));
     let err = Loader::try_new(ds, cfg).err().unwrap();
     assert!(err.to_string().contains("num_classes is 2"), "{err}");
+}
+
+#[test]
+fn a_limited_epoch_is_a_fresh_sample_of_the_whole_set() {
+    let ds = numbered(100);
+    let limited = |epoch: u64| {
+        let mut cfg = config(8, true, 1);
+        cfg.limit = Some(30);
+        cfg.epoch = epoch;
+        Loader::new(ds.clone(), cfg)
+    };
+    let first = limited(1);
+    // 30 images, whole batches only: 3 batches of 8.
+    assert_eq!(first.num_batches(), 3);
+    let seen: Vec<usize> = first.collect::<Vec<_>>().iter().flat_map(ids).collect();
+    assert_eq!(seen.len(), 24);
+    let unique: std::collections::HashSet<usize> = seen.iter().copied().collect();
+    assert_eq!(unique.len(), 24, "no image twice within an epoch");
+    // Another epoch draws another sample, and over epochs the whole set is reached.
+    let mut reached = unique.clone();
+    let mut differs = false;
+    for epoch in 2..40 {
+        let order: Vec<usize> = limited(epoch).order().to_vec();
+        assert_eq!(order.len(), 30);
+        differs |= order[..24].iter().any(|i| !unique.contains(i));
+        reached.extend(order);
+    }
+    assert!(differs, "each epoch samples anew, unlike train_subset");
+    assert_eq!(reached.len(), 100);
 }

@@ -243,6 +243,7 @@ fn a_non_finite_loss_stops_the_run_with_a_reason_in_the_log() {
             seed: 0,
             epoch: 0,
             augment: Augment::None,
+            limit: None,
             threads: 1,
             prefetch: 1,
         },

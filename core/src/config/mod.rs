@@ -135,6 +135,7 @@ pub struct RunConfigInput {
     pub dataset: Option<String>,
     pub train_subset: Option<u32>,
     pub test_subset: Option<u32>,
+    pub epoch_images: Option<u32>,
 
     // Finetune source.
     pub parent_run: Option<Uuid>,
@@ -189,6 +190,11 @@ pub struct RunConfig {
     pub dataset: String,
     pub train_subset: Option<u32>,
     pub test_subset: Option<u32>,
+    /// Training images drawn per epoch, a fresh random sample of the training
+    /// split each epoch (None: all of it). An equal-compute study sets it, so
+    /// the images a run sees are the images its seconds buy, not whole epochs.
+    #[serde(default)]
+    pub epoch_images: Option<u32>,
 
     pub parent_run: Option<Uuid>,
     pub parent_epoch: Option<u32>,
@@ -298,6 +304,7 @@ impl RunConfig {
             dataset: input.dataset.unwrap_or_else(|| DEFAULT_DATASET.to_string()),
             train_subset: input.train_subset,
             test_subset: input.test_subset,
+            epoch_images: input.epoch_images,
             parent_run: input.parent_run,
             parent_epoch: input.parent_epoch,
         };
@@ -375,6 +382,7 @@ impl RunConfig {
             dataset: Some(self.dataset.clone()),
             train_subset: self.train_subset,
             test_subset: self.test_subset,
+            epoch_images: self.epoch_images,
             parent_run: self.parent_run,
             parent_epoch: self.parent_epoch,
         }

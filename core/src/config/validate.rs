@@ -190,6 +190,17 @@ pub(super) fn check(c: &RunConfig) -> Vec<ConfigError> {
     if c.test_subset == Some(0) {
         errs.push("test_subset", "must be at least 1 when set");
     }
+    if let Some(n) = c.epoch_images
+        && n < c.batch_size
+    {
+        errs.push(
+            "epoch_images",
+            format!(
+                "{n} is less than one batch ({}); an epoch needs at least one",
+                c.batch_size
+            ),
+        );
+    }
 
     // Finetune source.
     match c.kind {

@@ -21,8 +21,8 @@ use uuid::Uuid;
 use super::queue::{self, JobType, Lease, NewJob, QueueError};
 use super::runs::{self, JobOptions, RunError, StudyLink};
 use crate::config::{ConfigErrors, RunConfig, RunKind};
-use crate::study::Budget;
 use crate::study::spec::{self, Arm, ExpandedStudy, Stages, StudySpec};
+use crate::study::{Budget, StageSize};
 
 /// Why a study write did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -394,7 +394,8 @@ pub struct CalibrationDevice {
     pub gpu_name: Option<String>,
 }
 
-/// Record an arm's measurements, turn its seconds into epochs, resize every
+/// Record an arm's measurements, turn its seconds into images (epochs of
+/// sampled images, [`spec::seconds_to_size`]), resize every
 /// chain of the arm, queue their first runs (unless the study was cancelled)
 /// and complete the calibration job: one transaction, fenced by the lease.
 pub async fn finish_calibration(
@@ -404,7 +405,7 @@ pub async fn finish_calibration(
     device: &CalibrationDevice,
     measured: &[Measured],
 ) -> Result<(), StudyError> {
-    let epochs_of = |kind: RunKind| -> Result<Option<(f64, &Measured, u32)>, StudyError> {
+    let size_of = |kind: RunKind| -> Result<Option<(f64, &Measured, StageSize)>, StudyError> {
         let scratch = target.arm.scratch && target.stages == Stages::PretrainFinetune;
         let Some(seconds) = target.budget.seconds(kind, scratch) else {
             return Ok(None);
@@ -419,11 +420,16 @@ pub async fn finish_calibration(
                 ),
             ))
         })?;
-        let (_, epochs) = spec::seconds_to_epochs(seconds, m.images_per_second, m.train_images);
-        Ok(Some((seconds, m, epochs)))
+        let batch = target
+            .configs
+            .iter()
+            .find(|c| c.kind == kind)
+            .map_or(1, |c| c.batch_size);
+        let (_, size) = spec::seconds_to_size(seconds, m.images_per_second, m.train_images, batch);
+        Ok(Some((seconds, m, size)))
     };
-    let pre = epochs_of(RunKind::Pretrain)?;
-    let ft = epochs_of(RunKind::Finetune)?;
+    let pre = size_of(RunKind::Pretrain)?;
+    let ft = size_of(RunKind::Finetune)?;
     let mut tx = pool.begin().await?;
     queue::fence(&mut tx, lease).await?;
     let cancelled: bool = sqlx::query_scalar(
@@ -434,18 +440,20 @@ pub async fn finish_calibration(
     .await?
     .ok_or(StudyError::NotFound(target.study_id))?;
     for (kind, found) in [(RunKind::Pretrain, &pre), (RunKind::Finetune, &ft)] {
-        let Some((seconds, m, epochs)) = found else {
+        let Some((seconds, m, size)) = found else {
             continue;
         };
+        let epoch_images = size.epoch_images.map_or(m.train_images, u64::from);
         sqlx::query(
             "insert into study_calibration (study_id, arm, stage, device, gpu_name, worker_id,
-                 images_per_second, budget_seconds, train_images, epochs)
-             values ($1, $2, $3::run_kind, $4, $5, $6, $7, $8, $9, $10)
+                 images_per_second, budget_seconds, train_images, epochs, epoch_images)
+             values ($1, $2, $3::run_kind, $4, $5, $6, $7, $8, $9, $10, $11)
              on conflict (study_id, arm, stage) do update set
                  device = excluded.device, gpu_name = excluded.gpu_name,
                  worker_id = excluded.worker_id, images_per_second = excluded.images_per_second,
                  budget_seconds = excluded.budget_seconds, train_images = excluded.train_images,
-                 epochs = excluded.epochs, measured_at = now()",
+                 epochs = excluded.epochs, epoch_images = excluded.epoch_images,
+                 measured_at = now()",
         )
         .bind(target.study_id)
         .bind(&target.arm.name)
@@ -456,7 +464,8 @@ pub async fn finish_calibration(
         .bind(m.images_per_second)
         .bind(*seconds)
         .bind(i64::try_from(m.train_images).unwrap_or(i64::MAX))
-        .bind(i32::try_from(*epochs).unwrap_or(i32::MAX))
+        .bind(i32::try_from(size.epochs).unwrap_or(i32::MAX))
+        .bind(i64::try_from(epoch_images).unwrap_or(i64::MAX))
         .execute(&mut *tx)
         .await?;
     }

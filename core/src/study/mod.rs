@@ -9,4 +9,4 @@
 pub mod spec;
 pub mod stats;
 
-pub use spec::{Arm, Budget, Chain, ExpandedStudy, Stages, StudySpec};
+pub use spec::{Arm, Budget, Chain, ExpandedStudy, StageSize, Stages, StudySpec};

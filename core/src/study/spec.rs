@@ -221,6 +221,14 @@ impl Budget {
     }
 }
 
+/// What a seconds budget buys one stage: whole epochs, each a fresh sample
+/// of `epoch_images` training images (None: the whole split).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageSize {
+    pub epochs: u32,
+    pub epoch_images: Option<u32>,
+}
+
 /// One arm after grid expansion.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Arm {
@@ -367,21 +375,21 @@ impl StudySpec {
                 ),
             ));
         }
-        let mut chains = Vec::with_capacity(arms.len() * seeds.len());
+        // Seeds differ only in `seed`: check every arm with its first seed
+        // and report each bad arm once, then expand them all.
         for arm in &arms {
-            for &seed in &seeds {
-                match self.chain(stages, budget, arm, seed, None) {
-                    Ok(chain) => chains.push(chain),
-                    Err(e) => errs.extend(e.0),
-                }
-            }
-            if !errs.is_empty() {
-                // One seed's errors are every seed's: report each arm once.
-                break;
+            if let Err(e) = self.chain(stages, budget, arm, seeds[0], None) {
+                errs.extend(e.0);
             }
         }
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
+        }
+        let mut chains = Vec::with_capacity(arms.len() * seeds.len());
+        for arm in &arms {
+            for &seed in &seeds {
+                chains.push(self.chain(stages, budget, arm, seed, None)?);
+            }
         }
         Ok(ExpandedStudy {
             spec: self.clone(),
@@ -394,8 +402,8 @@ impl StudySpec {
         })
     }
 
-    /// The configs of one chain. `calibrated` gives the epochs a seconds
-    /// budget came to (pretrain, finetune); without it such a budget gets a
+    /// The configs of one chain. `calibrated` gives what a seconds budget
+    /// came to (pretrain, finetune); without it such a budget gets a
     /// placeholder of one epoch, which validates the config but trains nothing.
     pub fn chain(
         &self,
@@ -403,13 +411,13 @@ impl StudySpec {
         budget: Budget,
         arm: &Arm,
         seed: u64,
-        calibrated: Option<(Option<u32>, Option<u32>)>,
+        calibrated: Option<(Option<StageSize>, Option<StageSize>)>,
     ) -> Result<Chain, ConfigErrors> {
         let mut errs = Vec::new();
         let pretrain_stage = stages.has_pretrain() && !arm.scratch;
         let finetune_stage = stages.has_finetune() || arm.scratch;
-        let mut resolve = |kind: RunKind, epochs: Option<u32>| match self
-            .stage_config(arm, seed, kind, budget, epochs)
+        let mut resolve = |kind: RunKind, size: Option<StageSize>| match self
+            .stage_config(arm, seed, kind, budget, size)
         {
             Ok(c) => Some(c),
             Err(e) => {
@@ -449,7 +457,7 @@ impl StudySpec {
         seed: u64,
         kind: RunKind,
         budget: Budget,
-        calibrated_epochs: Option<u32>,
+        calibrated: Option<StageSize>,
     ) -> Result<RunConfig, ConfigErrors> {
         // Where each key came from, to name it in errors.
         let mut origin: Vec<(String, String)> = Vec::new();
@@ -471,7 +479,12 @@ impl StudySpec {
         {
             put("finetune".into(), ft);
         }
-        let epochs = calibrated_epochs
+        if let Some(n) = calibrated.and_then(|s| s.epoch_images) {
+            map.insert("epoch_images".into(), Value::from(n));
+            origin.push(("epoch_images".into(), "budget".into()));
+        }
+        let epochs = calibrated
+            .map(|s| s.epochs)
             .or(budget.epochs(kind))
             .or(budget.is_seconds().then_some(1));
         if let Some(e) = epochs {
@@ -734,6 +747,12 @@ fn check_reserved(
             "is set by the study's budget",
         ));
     }
+    if map.contains_key("epoch_images") && budget.is_seconds() {
+        errs.push(ConfigError::new(
+            format!("{table}.epoch_images"),
+            "is set by the study's seconds budget",
+        ));
+    }
 }
 
 fn expand_arms(
@@ -889,16 +908,28 @@ fn expand_arms(
     arms
 }
 
-/// A seconds budget in images and epochs: `images = seconds x images/s`,
-/// `epochs = round(images / train_images)`, at least one. Whole epochs keep
-/// the schedule and the per-epoch rows a finished run has; the images the
-/// run really sees are `epochs x train_images`, which the study page shows.
-pub fn seconds_to_epochs(seconds: f64, images_per_second: f64, train_images: u64) -> (u64, u32) {
+/// A seconds budget in images, epochs and images per epoch:
+/// `images = seconds x images/s`; `epochs = round(images / train_images)`, at
+/// least one; each epoch a fresh random sample of `images / epochs` training
+/// images (at least one batch, at most the split). So a run sees the images
+/// its seconds buy (up to a batch per epoch, which drop_last leaves out),
+/// while whole epochs keep the schedule and the per-epoch rows a run has.
+pub fn seconds_to_size(
+    seconds: f64,
+    images_per_second: f64,
+    train_images: u64,
+    batch_size: u32,
+) -> (u64, StageSize) {
     let images = (seconds * images_per_second).max(0.0).floor() as u64;
-    let epochs = if train_images == 0 {
-        1
-    } else {
-        ((images as f64 / train_images as f64).round() as u64).clamp(1, 100_000) as u32
-    };
-    (images, epochs)
+    let train = train_images.max(1);
+    let epochs = ((images as f64 / train as f64).round() as u64).clamp(1, 100_000);
+    let per_epoch = (images / epochs).clamp(u64::from(batch_size.max(1)).min(train), train);
+    let epoch_images = (per_epoch < train).then(|| u32::try_from(per_epoch).unwrap_or(u32::MAX));
+    (
+        images,
+        StageSize {
+            epochs: epochs as u32,
+            epoch_images,
+        },
+    )
 }

@@ -84,6 +84,23 @@ impl Client {
         r.text().await.with_context(|| format!("reading {path}"))
     }
 
+    /// GET `path` as a stream of server-sent events, resuming after
+    /// `last_event_id` when given.
+    pub async fn events(
+        &self,
+        path: &str,
+        last_event_id: Option<&str>,
+    ) -> anyhow::Result<super::sse::EventStream> {
+        let mut req = self
+            .request(reqwest::Method::GET, path)
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let r = self.send(req).await?;
+        Ok(super::sse::EventStream::new(r))
+    }
+
     /// POST JSON to `path` and decode the JSON answer.
     pub async fn post<B: Serialize, T: DeserializeOwned>(
         &self,

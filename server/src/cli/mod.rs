@@ -1,16 +1,22 @@
 //! The `maelab` client commands a CI pipeline uses: `submit`, `runs
-//! list|show|export`, `cancel`, `watch`, and the operator's `token
-//! create|list|revoke`.
+//! list|show|export`, `cancel`, `watch`, `study
+//! submit|show|export|cancel|retry`, and the operator's `token
+//! create|list|revoke`. Waiting follows the server's event streams
+//! ([`sse`]).
 //!
 //! Exit codes (documented in `maelab --help` and the README), so a pipeline
 //! can branch on them:
-//! - 0: done; the run succeeded and met every `--fail-under` bar;
-//! - 1: the run failed or was cancelled;
-//! - 2: the run succeeded but missed a `--fail-under` bar;
+//! - 0: done; the run succeeded and met every `--fail-under` bar (a study:
+//!   every chain succeeded and every `--fail-unless` claim is supported);
+//! - 1: the run failed or was cancelled (a study: chains failed);
+//! - 2: the run succeeded but missed a `--fail-under` bar (a study: a
+//!   `--fail-unless` claim is not supported);
 //! - 3: usage error, invalid config, refused request, or no connection.
 
 mod client;
 mod runs;
+pub mod sse;
+mod study;
 mod submit;
 mod tokens;
 mod watch;
@@ -60,6 +66,10 @@ pub enum ClientCommand {
     /// Follow a run: one line per epoch and a progress bar, until it ends.
     #[command(after_help = EXIT_CODES)]
     Watch(watch::WatchArgs),
+    /// Submit, follow, show, export, cancel or retry a study (arms x seeds
+    /// at equal budgets, compared with confidence intervals).
+    #[command(subcommand)]
+    Study(study::StudyCommand),
     /// Create, list or revoke API tokens (talks to the database directly).
     #[command(subcommand)]
     Token(tokens::TokenCommand),
@@ -72,6 +82,7 @@ pub async fn run(command: ClientCommand) -> ExitCode {
         ClientCommand::Runs(c) => runs::run(c).await,
         ClientCommand::Cancel(a) => runs::cancel(a).await,
         ClientCommand::Watch(a) => watch::run(a).await,
+        ClientCommand::Study(c) => study::run(c).await,
         ClientCommand::Token(c) => tokens::run(c).await,
     };
     match result {

@@ -1,4 +1,5 @@
-//! `maelab submit run.toml [--wait] [--fail-under test_acc1=70]`.
+//! `maelab submit run.toml [--wait] [--fail-under test_acc1=70]`. `--wait`
+//! follows the run's event stream ([`RunFollower`]), not a poll.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -6,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use super::watch::{RunFollower, RunUpdate, epoch_line};
 use super::{Client, Conn, EXIT_BAR_MISSED, EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE};
 use crate::read_model::RunDetail;
 use crate::read_model::metrics::{EPOCH_COLUMNS, EpochRow};
@@ -22,8 +24,9 @@ pub struct SubmitArgs {
     /// Repeatable.
     #[arg(long = "fail-under", value_name = "METRIC=VALUE", value_parser = parse_bar)]
     pub fail_under: Vec<Bar>,
-    /// Seconds between two looks at the run while waiting.
-    #[arg(long, default_value_t = 2.0)]
+    /// Seconds between two looks at the run while waiting, if its event
+    /// stream is unavailable (the stream is followed otherwise).
+    #[arg(long, default_value_t = 5.0)]
     pub poll: f64,
     #[command(flatten)]
     pub conn: Conn,
@@ -112,26 +115,17 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<u8> {
     judge(&client, &finished, &args.fail_under).await
 }
 
-/// Poll the run until it reaches a final status, reporting each new epoch.
+/// Follow the run's event stream until it reaches a final status, reporting
+/// each status change and each finished epoch; then read the run.
 pub async fn wait(client: &Client, id: uuid::Uuid, poll: Duration) -> anyhow::Result<RunDetail> {
-    let mut seen = -1_i64;
-    loop {
-        let run: RunDetail = client.get(&format!("/api/v1/runs/{id}")).await?;
-        if run.summary.epochs_done != seen {
-            seen = run.summary.epochs_done;
-            eprintln!(
-                "{}: {} ({}/{} epochs)",
-                id, run.summary.status, run.summary.epochs_done, run.summary.epochs_total
-            );
+    let mut follower = RunFollower::new(client, id, poll);
+    while let Some(update) = follower.next().await? {
+        match update {
+            RunUpdate::Status(status) => eprintln!("{id}: {status}"),
+            RunUpdate::Epoch(e) => eprintln!("{id}: {}", epoch_line(&e)),
         }
-        if matches!(
-            run.summary.status.as_str(),
-            "succeeded" | "failed" | "cancelled"
-        ) {
-            return Ok(run);
-        }
-        tokio::time::sleep(poll).await;
     }
+    client.get(&format!("/api/v1/runs/{id}")).await
 }
 
 /// The exit code for a finished run: 1 if it did not succeed, 2 if it missed

@@ -98,7 +98,8 @@ pub struct StudySummary {
     pub created_at: DateTime<Utc>,
     pub cancelled_at: Option<DateTime<Utc>>,
     pub arms: i64,
-    pub chains: i64,
+    /// Chains of the study (arms x seeds); a detail's `chains` lists them.
+    pub chains_total: i64,
     /// Chains whose every stage succeeded.
     pub chains_succeeded: i64,
     /// Chains with a failed or cancelled run (or a stage that could not be queued).
@@ -134,7 +135,7 @@ const SUMMARY_SQL: &str = "
     )
     select s.study_id, s.name, s.stages, s.baseline_arm, s.created_by, s.created_at, s.cancelled_at,
            (select count(*) from study_arm a where a.study_id = s.study_id) as arms,
-           coalesce(p.chains, 0) as chains,
+           coalesce(p.chains, 0) as chains_total,
            coalesce(p.chains_succeeded, 0) as chains_succeeded,
            coalesce(p.chains_failed, 0) as chains_failed,
            (coalesce(p.live_runs, 0) + coalesce(k.pending, 0))::bigint as active,

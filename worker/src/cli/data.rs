@@ -124,6 +124,7 @@ fn time_loader(ds: data::Dataset, threads: usize) -> anyhow::Result<()> {
         seed: 0,
         epoch: 0,
         augment: Augment::Finetune(FinetuneAugment::recipe(num_classes)),
+        limit: None,
         threads,
         prefetch: 4,
     };

@@ -113,6 +113,9 @@ pub struct LoaderConfig {
     pub seed: u64,
     pub epoch: u64,
     pub augment: Augment,
+    /// Use only the first this many indices of the epoch's order: a fresh
+    /// random sample each epoch (`epoch_images`); None: the whole dataset.
+    pub limit: Option<usize>,
     /// Background threads building batches (0 counts as 1).
     pub threads: usize,
     /// Finished batches waiting for the caller (0 counts as 1).
@@ -194,10 +197,13 @@ impl Loader {
         if cfg.shuffle {
             order.shuffle(&mut derive(cfg.seed, cfg.epoch, 0, Stream::Shuffle));
         }
+        if let Some(n) = cfg.limit {
+            order.truncate(n);
+        }
         let num_batches = if cfg.drop_last {
-            ds.len() / cfg.batch_size
+            order.len() / cfg.batch_size
         } else {
-            ds.len().div_ceil(cfg.batch_size)
+            order.len().div_ceil(cfg.batch_size)
         };
         let plan = Arc::new(Plan {
             ds,

@@ -169,6 +169,7 @@ fn epoch_loader(
             seed: config.seed,
             epoch: u64::from(epoch),
             augment: crate::data::Augment::for_run(config),
+            limit: config.epoch_images.map(|n| n as usize),
             threads: opts.loader_threads,
             prefetch: 2 * opts.loader_threads.max(1),
         },

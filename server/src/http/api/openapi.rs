@@ -59,6 +59,7 @@ pub fn run_config_schema() -> Value {
         "batch_size",
         "accum_iter",
         "train_subset",
+        "epoch_images",
         "test_subset",
         "parent_epoch",
     ] {

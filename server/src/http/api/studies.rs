@@ -85,7 +85,8 @@ pub struct PreviewRun {
     pub model: &'static str,
     /// None: set by calibration (a seconds budget).
     pub epochs: Option<u32>,
-    pub warmup_epochs: f64,
+    /// None: scaled to the calibrated epochs (nobody set it).
+    pub warmup_epochs: Option<f64>,
     /// Queued at once, or when its pretrain succeeds.
     pub queued: &'static str,
     pub config: Value,
@@ -105,6 +106,21 @@ pub struct Preview {
     pub chains: Vec<PreviewRun>,
 }
 
+/// Whether the document sets `warmup_epochs` for `arm` (then calibration
+/// keeps it; otherwise it scales with the calibrated epochs).
+fn warmup_set(study: &ExpandedStudy, arm: &str) -> bool {
+    let key = "warmup_epochs";
+    study.spec.base.contains_key(key)
+        || study
+            .spec
+            .finetune
+            .as_ref()
+            .is_some_and(|f| f.contains_key(key))
+        || study
+            .arm(arm)
+            .is_some_and(|a| a.overrides.contains_key(key))
+}
+
 /// The runs `study` would queue, in order.
 pub fn preview(study: &ExpandedStudy) -> Preview {
     let seconds = study.budget.is_seconds();
@@ -122,7 +138,8 @@ pub fn preview(study: &ExpandedStudy) -> Preview {
                 name: c.name.clone(),
                 model: c.model.as_str(),
                 epochs: (!seconds).then_some(c.epochs),
-                warmup_epochs: c.warmup_epochs,
+                warmup_epochs: (!seconds || warmup_set(study, &chain.arm))
+                    .then_some(c.warmup_epochs),
                 queued: match (first, seconds) {
                     (true, false) => "at submit",
                     (true, true) => "after its arm's calibration",

@@ -46,7 +46,7 @@ const P: &str = "Pretraining";
 const F: &str = "Finetuning";
 
 /// Every config field, in the order the form shows them.
-pub const FIELDS: [Spec; 44] = [
+pub const FIELDS: [Spec; 45] = [
     f("name", "Name", Ty::Text, G),
     f("kind", "Kind", Ty::Choice(&["pretrain", "finetune"]), G),
     f("model", "Model", Ty::Choice(&["mae", "wave_mae"]), G),
@@ -54,6 +54,7 @@ pub const FIELDS: [Spec; 44] = [
     f("tags", "Tags (comma-separated)", Ty::Tags, G),
     f("dataset", "Dataset", Ty::Text, G),
     f("train_subset", "Train subset (images)", Ty::Whole, G),
+    f("epoch_images", "Images per epoch (sampled)", Ty::Whole, G),
     f("test_subset", "Test subset (images)", Ty::Whole, G),
     f("seed", "Seed", Ty::Whole, G),
     f("precision", "Precision", Ty::Choice(&["fp32", "bf16"]), G),

@@ -5,11 +5,14 @@
 mod compare;
 mod form;
 mod new_run;
+mod new_study;
 mod queue;
 pub(crate) mod rows;
 mod run;
 mod runs;
 mod signin;
+mod studies;
+mod study;
 
 use askama::Template;
 use axum::Router;
@@ -30,6 +33,9 @@ pub fn router() -> Router<AppState> {
         .merge(run::router())
         .merge(compare::router())
         .merge(queue::router())
+        .merge(studies::router())
+        .merge(new_study::router())
+        .merge(study::router())
         .merge(signin::router())
 }
 
