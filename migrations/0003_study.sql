@@ -47,7 +47,7 @@ create table study_chain (
 
 -- A seconds budget becomes images through the arm's measured throughput on
 -- the worker that calibrated it: images = seconds x images/s, epochs =
--- round(images / train images) (at least 1), each a fresh random sample of
+-- ceil(images / train images) (at least 1), each a fresh random sample of
 -- images / epochs training images. One row per arm and stage.
 create table study_calibration (
     study_id           uuid not null,

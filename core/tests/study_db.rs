@@ -280,7 +280,7 @@ scratch = true
     let created = studies::create_study(&db.pool, &s, None)
         .await
         .expect("create");
-    assert_eq!((created.runs_queued, created.calibrations_queued), (0, 2));
+    assert_eq!((created.runs_queued, created.calibrations_queued), (0, 1));
     assert_eq!(
         count(&db.pool, "select count(*) from run").await,
         0,
@@ -293,14 +293,19 @@ scratch = true
     let target = studies::calibration_target(&db.pool, &job.payload)
         .await
         .expect("target");
-    let arm = target.arm.name.clone();
+    let arms: Vec<&str> = target.arms.iter().map(|a| a.arm.name.as_str()).collect();
+    assert_eq!(arms, ["mae", "scratch"], "every arm, in order");
+    let stages: Vec<usize> = target.arms.iter().map(|a| a.configs.len()).collect();
+    assert_eq!(stages, [2, 1], "the scratch arm has one stage");
     let measured: Vec<Measured> = target
-        .configs
+        .arms
         .iter()
-        .map(|c| Measured {
-            stage: c.kind,
+        .flat_map(|a| a.configs.iter().map(move |c| (a.arm.name.clone(), c.kind)))
+        .map(|(arm, stage)| Measured {
+            arm,
+            stage,
             // 60 s x 50/s = 3,000 images = 3 epochs of 1,000; 30 s x 100/s = 3 epochs.
-            images_per_second: if c.kind.as_str() == "pretrain" {
+            images_per_second: if stage.as_str() == "pretrain" {
                 50.0
             } else {
                 100.0
@@ -321,37 +326,92 @@ scratch = true
         .await
         .expect("job");
     assert_eq!(state, "succeeded");
-    let epochs: Vec<(String, i32)> = sqlx::query_as(
-        "select kind::text, epochs_total from run where study_arm = $1 order by study_seed",
+    let runs = |arm: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, i32, Option<i64>)>(
+                "select kind::text, epochs_total, (config->>'epoch_images')::bigint
+                 from run where study_arm = $1 order by study_seed",
+            )
+            .bind(arm)
+            .fetch_all(&pool)
+            .await
+            .expect("runs")
+        }
+    };
+    let mae = runs("mae").await;
+    assert_eq!(mae.len(), 3, "every seed of the arm queued");
+    assert!(
+        mae.iter().all(|r| *r == ("pretrain".to_string(), 3, None)),
+        "whole epochs: {mae:?}"
+    );
+    let ft: serde_json::Value = sqlx::query_scalar(
+        "select finetune_config from study_chain where arm = 'mae' and seed = 0",
     )
-    .bind(&arm)
-    .fetch_all(&db.pool)
+    .fetch_one(&db.pool)
     .await
-    .expect("runs");
-    assert_eq!(epochs.len(), 3, "every seed of the arm queued");
-    if arm == "mae" {
-        assert!(
-            epochs.iter().all(|(k, e)| k == "pretrain" && *e == 3),
-            "{epochs:?}"
-        );
-        let ft: serde_json::Value = sqlx::query_scalar(
-            "select finetune_config from study_chain where arm = 'mae' and seed = 0",
-        )
-        .fetch_one(&db.pool)
+    .expect("chain");
+    assert_eq!(ft["epochs"], 3, "the finetune stage is sized too");
+    // Scratch: 90 s (both stages) at 100/s = 9 epochs of 1,000.
+    let scratch = runs("scratch").await;
+    assert_eq!(scratch.len(), 3);
+    assert!(
+        scratch
+            .iter()
+            .all(|r| *r == ("finetune".to_string(), 9, None)),
+        "{scratch:?}"
+    );
+    assert_eq!(
+        count(&db.pool, "select count(*) from study_calibration").await,
+        3
+    );
+    // Nothing is left to calibrate.
+    let again = studies::calibration_target(&db.pool, &job.payload)
         .await
-        .expect("chain");
-        assert_eq!(ft["epochs"], 3, "the finetune stage is sized too");
-    } else {
-        // Scratch: 90 s (both stages) at 100/s = 9 epochs of 1,000.
-        assert!(
-            epochs.iter().all(|(k, e)| k == "finetune" && *e == 9),
-            "{epochs:?}"
-        );
-    }
-    let rows = count(&db.pool, "select count(*) from study_calibration").await;
-    assert_eq!(rows, if arm == "mae" { 2 } else { 1 });
-    // The other arm is still waiting for its calibration.
-    assert_eq!(count(&db.pool, "select count(*) from run").await, 3);
+        .expect("target");
+    assert!(again.arms.is_empty());
+}
+
+#[tokio::test]
+async fn a_budget_between_epochs_is_sampled_not_rounded_away() {
+    let db = TestDb::new().await.expect("db");
+    let s = study(
+        "name = 'eq'\nseeds = 1\nstages = 'pretrain'\n[base]\ntrain_subset = 1000\nbatch_size = 32\n[budget]\npretrain_seconds = 14\n[arms.mae]\nmodel = 'mae'\n",
+    );
+    studies::create_study(&db.pool, &s, None)
+        .await
+        .expect("create");
+    let w = worker(&db.pool).await;
+    let job = claim(&db.pool, w).await;
+    let target = studies::calibration_target(&db.pool, &job.payload)
+        .await
+        .expect("target");
+    // 14 s x 100/s = 1,400 images: two epochs of 700 sampled images.
+    let measured = [Measured {
+        arm: "mae".into(),
+        stage: maelab_core::config::RunKind::Pretrain,
+        images_per_second: 100.0,
+        train_images: 1000,
+    }];
+    let device = CalibrationDevice {
+        device: "cpu".into(),
+        gpu_name: None,
+    };
+    studies::finish_calibration(&db.pool, &job.lease, &target, &device, &measured)
+        .await
+        .expect("calibrated");
+    let (epochs, sampled): (i32, Option<i64>) =
+        sqlx::query_as("select epochs_total, (config->>'epoch_images')::bigint from run")
+            .fetch_one(&db.pool)
+            .await
+            .expect("run");
+    assert_eq!((epochs, sampled), (2, Some(700)));
+    let (epoch_images, seen): (i64, i64) =
+        sqlx::query_as("select epoch_images, epochs * epoch_images from study_calibration")
+            .fetch_one(&db.pool)
+            .await
+            .expect("calibration");
+    assert_eq!((epoch_images, seen), (700, 1400));
 }
 
 #[tokio::test]

@@ -198,6 +198,11 @@ fn a_seconds_budget_is_calibrated_later_and_converts_to_epochs() {
         seconds_to_size(600.0, 40.0, 50_000, 128),
         (24_000, size(1, Some(24_000)))
     );
+    // 1.1 epochs' worth is two epochs of 27,664, not one capped at the split.
+    assert_eq!(
+        seconds_to_size(150.0, 368.86, 50_000, 128),
+        (55_329, size(2, Some(27_664)))
+    );
     // Whole epochs when the budget buys them exactly.
     assert_eq!(
         seconds_to_size(10.0, 100.0, 250, 32),

@@ -2,6 +2,8 @@
 //! row a worker commits reaches an open stream at once (no once-a-second
 //! poll), and the stream ends with the run's final status.
 
+mod api_support;
+
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -10,7 +12,7 @@ use http_body_util::BodyExt;
 use maelab_core::RunConfig;
 use maelab_core::db::metrics::{EpochRecord, record_epoch};
 use maelab_core::db::testing::TestDb;
-use maelab_core::db::{queue, runs, workers};
+use maelab_core::db::{queue, runs};
 use maelab_server::http::{AppState, app};
 use maelab_server::live::LiveEvent;
 use maelab_server::settings::ServeSettings;
@@ -88,19 +90,7 @@ async fn an_epoch_row_reaches_an_open_stream_at_once_and_the_final_status_ends_i
     let created = runs::create_run(&db.pool, &config, None)
         .await
         .expect("run");
-    let worker = workers::register(
-        &db.pool,
-        &workers::WorkerInfo {
-            name: "sim".into(),
-            host: "test".into(),
-            device: "cpu".into(),
-            gpu_name: None,
-            torch_version: "none".into(),
-            pid: None,
-        },
-    )
-    .await
-    .expect("register");
+    let worker = api_support::register_worker(&db.pool, "sim", "test").await;
     let job = queue::claim_next(&db.pool, worker, Duration::from_secs(60))
         .await
         .expect("claim")

@@ -5,110 +5,12 @@
 //! writes (api_support::work_one), exactly the rows a worker writes.
 
 mod api_support;
+mod cli_support;
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Output, Stdio};
 
 use api_support::work_one;
-use maelab_core::db::testing::TestDb;
-
-const BIN: &str = env!("CARGO_BIN_EXE_maelab");
-
-/// A `maelab serve` process, killed on drop.
-struct Server {
-    child: Child,
-    url: String,
-    db: TestDb,
-    token: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn serve() -> Server {
-    let db = TestDb::new().await.unwrap();
-    let (token, _) = maelab_server::auth::tokens::create(&db.pool, "ci")
-        .await
-        .unwrap();
-    let port = free_port();
-    let child = Command::new(BIN)
-        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
-        .env("DATABASE_URL", &db.url)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = reqwest::get(format!("{url}/healthz")).await
-            && r.status().is_success()
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "server did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Server {
-        child,
-        url,
-        db,
-        token,
-    }
-}
-
-impl Server {
-    fn cli(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .env("MAELAB_URL", &self.url)
-            .env("MAELAB_TOKEN", &self.token)
-            .env("DATABASE_URL", &self.db.url)
-            .env("RUST_LOG", "warn");
-        c
-    }
-
-    async fn run(&self, args: &[&str]) -> Output {
-        let mut c = self.cli(args);
-        tokio::task::spawn_blocking(move || c.output().unwrap())
-            .await
-            .unwrap()
-    }
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {}\nstdout:\n{}\nstderr:\n{}",
-        code(o),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn toml_file(body: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("maelab-run-{}.toml", uuid::Uuid::new_v4()));
-    std::fs::write(&path, body).unwrap();
-    path
-}
+use cli_support::{Server, code, free_port, serve, text, toml_file};
 
 const TINY: &str = r#"
 name = "cli-tiny"
@@ -241,18 +143,7 @@ async fn submit_against_worker(s: &Server, bar: &str, accs: &[f64], succeed: boo
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let n: i64 = sqlx::query_scalar("select count(*) from job where state = 'queued'")
-            .fetch_one(&s.db.pool)
-            .await
-            .unwrap();
-        if n > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "submit did not enqueue");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    s.wait_for_queued(1).await;
     let epochs: Vec<_> = accs.iter().map(|a| (1.0, Some(*a))).collect();
     work_one(&s.db.pool, &epochs, succeed).await;
     tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())

@@ -5,98 +5,19 @@
 //! 2 when it does not, 1 when chains failed. Chains are finished through the
 //! queue's fenced writes (claim, epoch rows, complete), the rows a worker writes.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod api_support;
+mod cli_support;
 
-use maelab_core::db::metrics::{EpochRecord, record_epoch};
-use maelab_core::db::testing::TestDb;
-use maelab_core::db::{queue, workers};
-use serde_json::json;
+use std::process::{Output, Stdio};
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_maelab");
+use api_support::{register_worker, sim_epoch};
+use cli_support::{Server, code, serve, stderr, stdout, text, toml_file};
+use maelab_core::db::metrics::record_epoch;
+use maelab_core::db::queue;
 
-/// A `maelab serve` process, killed on drop.
-struct Server {
-    child: Child,
-    url: String,
-    db: TestDb,
-    token: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn serve() -> Server {
-    let db = TestDb::new().await.unwrap();
-    let (token, _) = maelab_server::auth::tokens::create(&db.pool, "ci")
-        .await
-        .unwrap();
-    let port = free_port();
-    let child = Command::new(BIN)
-        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
-        .env("DATABASE_URL", &db.url)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = reqwest::get(format!("{url}/healthz")).await
-            && r.status().is_success()
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "server did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Server {
-        child,
-        url,
-        db,
-        token,
-    }
-}
-
+// The study tests' own steps on the shared server.
 impl Server {
-    fn cli(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .env("MAELAB_URL", &self.url)
-            .env("MAELAB_TOKEN", &self.token)
-            .env("RUST_LOG", "warn");
-        c
-    }
-
-    async fn run(&self, args: &[&str]) -> Output {
-        let mut c = self.cli(args);
-        tokio::task::spawn_blocking(move || c.output().unwrap())
-            .await
-            .unwrap()
-    }
-
-    async fn count(&self, table: &str) -> i64 {
-        sqlx::query_scalar(&format!("select count(*) from {table}"))
-            .fetch_one(&self.db.pool)
-            .await
-            .unwrap()
-    }
-
     /// Nothing was stored: no study, no run, no job.
     async fn assert_empty(&self) {
         for table in ["study", "study_chain", "run", "job"] {
@@ -104,38 +25,11 @@ impl Server {
         }
     }
 
-    async fn wait_for_queued(&self, n: i64) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let queued: i64 = sqlx::query_scalar("select count(*) from job where state = 'queued'")
-                .fetch_one(&self.db.pool)
-                .await
-                .unwrap();
-            if queued >= n {
-                return;
-            }
-            assert!(Instant::now() < deadline, "{queued} of {n} jobs queued");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
     /// Act as a worker for every queued job: one epoch with top-1
     /// `acc(arm, seed)`, then complete (or fail, when `acc` gives None).
     async fn finish_all(&self, acc: impl Fn(&str, i64) -> Option<f64>) -> usize {
         let pool = &self.db.pool;
-        let worker = workers::register(
-            pool,
-            &workers::WorkerInfo {
-                name: "sim-worker".into(),
-                host: "test-host".into(),
-                device: "cpu".into(),
-                gpu_name: None,
-                torch_version: "none".into(),
-                pid: None,
-            },
-        )
-        .await
-        .unwrap();
+        let worker = register_worker(pool, "sim-worker", "test-host").await;
         let mut done = 0;
         while let Some(job) = queue::claim_next(pool, worker, Duration::from_secs(60))
             .await
@@ -150,26 +44,9 @@ impl Server {
                     .unwrap();
             match acc(&arm, seed) {
                 Some(a) => {
-                    record_epoch(
-                        pool,
-                        &lease,
-                        &EpochRecord {
-                            epoch: 0,
-                            train_lr: 1e-3,
-                            train_loss: 1.0,
-                            test_loss: Some(1.0),
-                            test_acc1: Some(a),
-                            test_acc5: Some((a + 20.0).min(100.0)),
-                            n_parameters: Some(1000),
-                            psnr: None,
-                            hf_ratio: None,
-                            epoch_seconds: 1.5,
-                            images_per_second: Some(1000.0),
-                            extra: json!({}),
-                        },
-                    )
-                    .await
-                    .unwrap();
+                    record_epoch(pool, &lease, &sim_epoch(0, (1.0, Some(a))))
+                        .await
+                        .unwrap();
                     queue::complete(pool, &lease).await.unwrap();
                 }
                 None => queue::fail(pool, &lease, "loss went NaN").await.unwrap(),
@@ -178,33 +55,6 @@ impl Server {
         }
         done
     }
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {}\nstdout:\n{}\nstderr:\n{}",
-        code(o),
-        stdout(o),
-        stderr(o)
-    )
-}
-
-fn toml_file(body: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("maelab-study-{}.toml", uuid::Uuid::new_v4()));
-    std::fs::write(&path, body).unwrap();
-    path
 }
 
 /// Finetune-only, from scratch: two arms x three seeds, one epoch each, six

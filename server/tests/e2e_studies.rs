@@ -1,5 +1,5 @@
 //! The study page in real headless Chromium (Debian's `chromium` and
-//! `chromium-driver` over WebDriver, the harness of `e2e_pages.rs`): a study
+//! `chromium-driver` over WebDriver, the harness in `e2e_support`): a study
 //! of 2 arms x 3 seeds whose chains a fake worker finished through the
 //! queue's fenced functions shows its results table and verdict, draws each
 //! arm's mean and min-max band with uPlot, and follows the chains live: a run
@@ -7,142 +7,16 @@
 //! chain that succeeds reloads the results. Set `MAELAB_STUDY_SCREENSHOT` to a
 //! path to keep a screenshot of the page.
 
+mod api_support;
+mod e2e_support;
 mod pages_support;
 mod study_support;
 
-use std::net::SocketAddr;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use fantoccini::{Client, ClientBuilder};
-use pages_support::{Pages, spawn};
-use serde_json::{Value, json};
+use e2e_support::start;
+use serde_json::json;
 use study_support::{TWO_ARMS, claim, clear_gap, run_all, submit, train, worker};
-use tokio::process::{Child, Command};
-
-/// A served app, a chromedriver and a browser session on it.
-struct Browser {
-    pages: Pages,
-    base: String,
-    client: Client,
-    _driver: Child,
-    _profile: TempDir,
-}
-
-struct TempDir(std::path::PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn find_binary(names: &[&str]) -> String {
-    for name in names {
-        for dir in ["/usr/bin", "/usr/local/bin", "/usr/lib/chromium"] {
-            let path = format!("{dir}/{name}");
-            if std::path::Path::new(&path).exists() {
-                return path;
-            }
-        }
-    }
-    panic!(
-        "none of {names:?} is installed: `apt-get install -y chromium chromium-driver` \
-         (scripts/setup does it)"
-    );
-}
-
-async fn start() -> Browser {
-    let pages = spawn().await;
-    pages.state.live.spawn_listener(pages.db.pool.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr: SocketAddr = listener.local_addr().expect("addr");
-    let app = pages.app.clone();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-
-    let port = free_port();
-    let driver = Command::new(find_binary(&["chromedriver"]))
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("chromedriver starts");
-    let profile = std::env::temp_dir().join(format!("maelab-chrome-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&profile).expect("profile dir");
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": find_binary(&["chromium", "chromium-browser"]),
-            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                     "--no-first-run", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync",
-                     "--disable-dev-shm-usage", "--window-size=1400,1000",
-                     format!("--user-data-dir={}", profile.display())],
-        }),
-    );
-    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut last_err = None;
-    for _ in 0..100 {
-        match ClientBuilder::new(connector.clone())
-            .capabilities(caps.clone())
-            .connect(&url)
-            .await
-        {
-            Ok(client) => {
-                return Browser {
-                    pages,
-                    base: format!("http://{addr}"),
-                    client,
-                    _driver: driver,
-                    _profile: TempDir(profile),
-                };
-            }
-            Err(e) => {
-                last_err = Some(e);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-    panic!("no browser session: {last_err:?}");
-}
-
-impl Browser {
-    async fn goto(&self, path: &str) {
-        self.client
-            .goto(&format!("{}{path}", self.base))
-            .await
-            .expect("navigate");
-    }
-
-    async fn js(&self, script: &str) -> Value {
-        self.client.execute(script, vec![]).await.expect("script")
-    }
-
-    /// Wait until `script` returns something truthy (the page's own state,
-    /// read by the test: the page itself never polls).
-    async fn until(&self, what: &str, script: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let v = self.js(script).await;
-            if !(v.is_null() || v == json!(false) || v == json!(0)) {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn study_page_results_bands_and_live_chains() {

@@ -3,6 +3,7 @@
 //! creates and redirects), the study page of chains finished through the
 //! queue, and the cancel/retry buttons.
 
+mod api_support;
 mod pages_support;
 mod study_support;
 
@@ -416,28 +417,33 @@ async fn a_seconds_budget_shows_its_calibration() {
     assert!(html.contains("equal wall clock: 1m 00s of pretraining + 30s of finetuning"));
 
     let w = worker(&p.db.pool).await;
-    for ips in [500.0, 250.0] {
-        let job =
-            maelab_core::db::queue::claim_next(&p.db.pool, w, std::time::Duration::from_secs(60))
-                .await
-                .expect("claim")
-                .expect("a calibration job");
-        let target = studies::calibration_target(&p.db.pool, &job.payload)
-            .await
-            .expect("target");
-        let measured = [RunKind::Pretrain, RunKind::Finetune].map(|stage| Measured {
-            stage,
-            images_per_second: ips,
-            train_images: 1000,
-        });
-        let device = CalibrationDevice {
-            device: "cuda:0".into(),
-            gpu_name: Some("Test GPU".into()),
-        };
-        studies::finish_calibration(&p.db.pool, &job.lease, &target, &device, &measured)
-            .await
-            .expect("calibrated");
-    }
+    let job = maelab_core::db::queue::claim_next(&p.db.pool, w, std::time::Duration::from_secs(60))
+        .await
+        .expect("claim")
+        .expect("the calibration job");
+    let target = studies::calibration_target(&p.db.pool, &job.payload)
+        .await
+        .expect("target");
+    let measured: Vec<Measured> = target
+        .arms
+        .iter()
+        .zip([500.0, 250.0])
+        .flat_map(|(a, ips)| {
+            [RunKind::Pretrain, RunKind::Finetune].map(|stage| Measured {
+                arm: a.arm.name.clone(),
+                stage,
+                images_per_second: ips,
+                train_images: 1000,
+            })
+        })
+        .collect();
+    let device = CalibrationDevice {
+        device: "cuda:0".into(),
+        gpu_name: Some("Test GPU".into()),
+    };
+    studies::finish_calibration(&p.db.pool, &job.lease, &target, &device, &measured)
+        .await
+        .expect("calibrated");
     let html = p.get(&format!("/studies/{id}")).await.text();
     assert!(
         html.contains("on <strong>cuda:0 (Test GPU)</strong>"),

@@ -13,58 +13,18 @@ mod queue_support;
 mod train_support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use maelab_core::RunConfig;
 use maelab_core::db::runs::{self, RunError};
 use maelab_core::db::testing::TestDb;
-use queue_support::{load_test_run, wait_status};
+use queue_support::{LoggedWorker, load_test_run, wait_status};
 use sqlx::PgPool;
 use tempfile::TempDir;
 use train_support::{config, write_dataset};
 use uuid::Uuid;
 
 const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
-
-/// A `maelab-worker run` process whose log goes to a file, killed on drop.
-struct LoggedWorker {
-    child: Child,
-    log: PathBuf,
-}
-
-impl LoggedWorker {
-    fn spawn(url: &str, dir: &Path) -> Self {
-        let log = dir.join("worker.log");
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_maelab-worker"))
-            .args(["run", "--database-url", url, "--device", "cpu"])
-            .args(["--poll-interval", "0.5", "--threads", "1"])
-            .args(["--loader-threads", "1", "--cache-dir"])
-            .arg(dir.join("cache"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("spawn maelab-worker");
-        Self { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for LoggedWorker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The tiny model of `train_support::config`, small data, two epochs.
 fn tiny(kind: &str, data: &Path, extra: &str) -> RunConfig {

@@ -1,5 +1,5 @@
 //! A study end to end with real training: `create_study` with an equal
-//! wall-clock budget queues one calibration job per arm; the built
+//! wall-clock budget queues one calibration job; the built
 //! `maelab-worker run` measures each arm (the bench code), sizes and queues
 //! every seed's pretrain, trains them on the CPU, queues each finetune from
 //! its own pretrain's last checkpoint when it succeeds, and trains those.
@@ -7,51 +7,16 @@
 mod queue_support;
 mod train_support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use maelab_core::db::studies;
 use maelab_core::db::testing::TestDb;
 use maelab_core::study::StudySpec;
+use queue_support::LoggedWorker;
 use sqlx::PgPool;
 use tempfile::TempDir;
 use train_support::write_dataset;
 use uuid::Uuid;
-
-struct LoggedWorker {
-    child: Child,
-    log: PathBuf,
-}
-
-impl LoggedWorker {
-    fn spawn(url: &str, dir: &Path) -> Self {
-        let log = dir.join("worker.log");
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_maelab-worker"))
-            .args(["run", "--database-url", url, "--device", "cpu"])
-            .args(["--poll-interval", "0.5", "--threads", "1"])
-            .args(["--loader-threads", "1", "--cache-dir"])
-            .arg(dir.join("cache"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("spawn maelab-worker");
-        Self { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for LoggedWorker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn scalar(pool: &PgPool, sql: &str, id: Uuid) -> i64 {
     sqlx::query_scalar(sql)
@@ -104,7 +69,7 @@ wave_in = "decoder"
     let created = studies::create_study(&db.pool, &study, Some("test"))
         .await
         .expect("create");
-    assert_eq!(created.calibrations_queued, 2);
+    assert_eq!(created.calibrations_queued, 1);
     let id = created.study_id;
 
     let worker = LoggedWorker::spawn(&db.url, dir.path());

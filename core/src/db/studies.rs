@@ -11,8 +11,9 @@
 //!   unique index on (study, arm, seed, kind) makes a repeat a no-op;
 //! - a cancelled study queues nothing new: every path that creates a run
 //!   checks `cancelled_at` under the study row's lock, which cancel takes too;
-//! - a seconds budget is turned into epochs once per arm and stage by the
-//!   first worker that claims the arm's calibration job; all seeds reuse it.
+//! - a seconds budget is turned into images once per arm and stage by the
+//!   worker that claims the study's calibration job (all arms measured side
+//!   by side); every seed reuses it.
 
 use serde_json::Value;
 use sqlx::{PgPool, Row};
@@ -107,10 +108,8 @@ pub async fn create_study(
     }
     let mut calibrations_queued = 0;
     if study.budget.is_seconds() {
-        for arm in &study.arms {
-            queue::enqueue(&mut *tx, &calibrate_job(study_id, &arm.name)).await?;
-            calibrations_queued += 1;
-        }
+        queue::enqueue(&mut *tx, &calibrate_job(study_id)).await?;
+        calibrations_queued = 1;
     }
     tx.commit().await?;
     tracing::info!(%study_id, name = %study.spec.name, runs_queued, calibrations_queued, "study submitted");
@@ -121,14 +120,18 @@ pub async fn create_study(
     })
 }
 
-fn calibrate_job(study_id: Uuid, arm: &str) -> NewJob {
+/// One job calibrates every arm of a study that has no calibration yet, on
+/// one worker, interleaved (see the worker's `calibrate_job`): arms measured
+/// side by side share whatever else the machine is doing, so their ratios
+/// hold on a busy machine where one-after-another measurements do not.
+fn calibrate_job(study_id: Uuid) -> NewJob {
     NewJob {
         run_id: None,
         job_type: JobType::Calibrate,
-        // Ahead of training jobs: every seed of the arm waits on it.
+        // Ahead of training jobs: every chain of the study waits on it.
         priority: 10,
         max_attempts: 3,
-        payload: serde_json::json!({"study_id": study_id, "arm": arm}),
+        payload: serde_json::json!({"study_id": study_id}),
     }
 }
 
@@ -310,20 +313,27 @@ async fn queue_finetune(
     }
 }
 
-/// What a calibrating worker needs: the study's document and the arm.
+/// One arm to calibrate: its configs (seed 0's; only the seed differs
+/// between chains), one per stage to measure.
+#[derive(Debug, Clone)]
+pub struct ArmTarget {
+    pub arm: Arm,
+    pub configs: Vec<RunConfig>,
+}
+
+/// What a calibrating worker needs: the study's document and the arms that
+/// have no calibration yet.
 #[derive(Debug, Clone)]
 pub struct CalibrationTarget {
     pub study_id: Uuid,
     pub spec: StudySpec,
     pub stages: Stages,
     pub budget: Budget,
-    pub arm: Arm,
-    /// The arm's configs (seed 0's; only the seed differs between chains),
-    /// one per stage to measure.
-    pub configs: Vec<RunConfig>,
+    pub arms: Vec<ArmTarget>,
 }
 
-/// Read the study and arm a calibration job names (its payload).
+/// Read the study a calibration job names (its payload) and its arms still
+/// to calibrate, in their order.
 pub async fn calibration_target(
     pool: &PgPool,
     payload: &Value,
@@ -339,51 +349,56 @@ pub async fn calibration_target(
         .and_then(Value::as_str)
         .and_then(|s| s.parse::<Uuid>().ok())
         .ok_or_else(|| bad("no study_id"))?;
-    let arm_name = payload
-        .get("arm")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad("no arm"))?;
-    let row = sqlx::query(
-        "select s.spec, s.budget, a.overrides, a.scratch
-         from study s join study_arm a using (study_id)
-         where s.study_id = $1 and a.arm = $2",
-    )
-    .bind(study_id)
-    .bind(arm_name)
-    .fetch_optional(pool)
-    .await?
-    .ok_or(StudyError::NotFound(study_id))?;
+    let row = sqlx::query("select spec, budget from study where study_id = $1")
+        .bind(study_id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or(StudyError::NotFound(study_id))?;
     let spec = StudySpec::from_json_value(row.try_get("spec")?)?;
     let budget: Budget = serde_json::from_value(row.try_get("budget")?)
         .map_err(|e| bad(&format!("stored budget cannot be read: {e}")))?;
-    let overrides = match row.try_get::<Value, _>("overrides")? {
-        Value::Object(m) => m,
-        _ => return Err(bad("stored arm overrides are not a table")),
-    };
-    let arm = Arm {
-        name: arm_name.to_string(),
-        overrides,
-        scratch: row.try_get("scratch")?,
-    };
     let stages = spec.stages.unwrap_or(Stages::PretrainFinetune);
-    let chain = spec.chain(stages, budget, &arm, 0, None)?;
-    let configs = chain.pretrain.into_iter().chain(chain.finetune).collect();
+    let rows = sqlx::query(
+        "select a.arm, a.overrides, a.scratch from study_arm a
+         where a.study_id = $1
+           and not exists (select 1 from study_calibration k
+                           where k.study_id = a.study_id and k.arm = a.arm)
+         order by a.position",
+    )
+    .bind(study_id)
+    .fetch_all(pool)
+    .await?;
+    let mut arms = Vec::with_capacity(rows.len());
+    for row in rows {
+        let overrides = match row.try_get::<Value, _>("overrides")? {
+            Value::Object(m) => m,
+            _ => return Err(bad("stored arm overrides are not a table")),
+        };
+        let arm = Arm {
+            name: row.try_get("arm")?,
+            overrides,
+            scratch: row.try_get("scratch")?,
+        };
+        let chain = spec.chain(stages, budget, &arm, 0, None)?;
+        let configs = chain.pretrain.into_iter().chain(chain.finetune).collect();
+        arms.push(ArmTarget { arm, configs });
+    }
     Ok(CalibrationTarget {
         study_id,
         spec,
         stages,
         budget,
-        arm,
-        configs,
+        arms,
     })
 }
 
-/// One stage's measurement.
+/// One arm and stage's measurement.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Measured {
+    pub arm: String,
     pub stage: RunKind,
     pub images_per_second: f64,
-    /// Images in one epoch of the run's training split (after its subset).
+    /// Images in the run's training split (after its subset).
     pub train_images: u64,
 }
 
@@ -394,10 +409,56 @@ pub struct CalibrationDevice {
     pub gpu_name: Option<String>,
 }
 
-/// Record an arm's measurements, turn its seconds into images (epochs of
-/// sampled images, [`spec::seconds_to_size`]), resize every
-/// chain of the arm, queue their first runs (unless the study was cancelled)
-/// and complete the calibration job: one transaction, fenced by the lease.
+/// What a seconds budget buys one arm's stage.
+struct Sized<'a> {
+    kind: RunKind,
+    seconds: f64,
+    measured: &'a Measured,
+    size: StageSize,
+}
+
+/// Every stage of `arm` with a seconds budget, sized from its measurement.
+fn size_arm<'a>(
+    target: &CalibrationTarget,
+    arm: &ArmTarget,
+    measured: &'a [Measured],
+) -> Result<Vec<Sized<'a>>, StudyError> {
+    let scratch = arm.arm.scratch && target.stages == Stages::PretrainFinetune;
+    let mut out = Vec::new();
+    for config in &arm.configs {
+        let kind = config.kind;
+        let Some(seconds) = target.budget.seconds(kind, scratch) else {
+            continue;
+        };
+        let m = measured
+            .iter()
+            .find(|m| m.arm == arm.arm.name && m.stage == kind)
+            .ok_or_else(|| {
+                StudyError::Invalid(ConfigErrors::one(
+                    "calibration",
+                    format!("no {} measurement for arm {}", kind.as_str(), arm.arm.name),
+                ))
+            })?;
+        let (_, size) = spec::seconds_to_size(
+            seconds,
+            m.images_per_second,
+            m.train_images,
+            config.batch_size,
+        );
+        out.push(Sized {
+            kind,
+            seconds,
+            measured: m,
+            size,
+        });
+    }
+    Ok(out)
+}
+
+/// Record the arms' measurements, turn their seconds into images (epochs of
+/// sampled images, [`spec::seconds_to_size`]), resize every chain of those
+/// arms, queue their first runs (unless the study was cancelled) and complete
+/// the calibration job: one transaction, fenced by the lease.
 pub async fn finish_calibration(
     pool: &PgPool,
     lease: &Lease,
@@ -405,105 +466,85 @@ pub async fn finish_calibration(
     device: &CalibrationDevice,
     measured: &[Measured],
 ) -> Result<(), StudyError> {
-    let size_of = |kind: RunKind| -> Result<Option<(f64, &Measured, StageSize)>, StudyError> {
-        let scratch = target.arm.scratch && target.stages == Stages::PretrainFinetune;
-        let Some(seconds) = target.budget.seconds(kind, scratch) else {
-            return Ok(None);
-        };
-        let m = measured.iter().find(|m| m.stage == kind).ok_or_else(|| {
-            StudyError::Invalid(ConfigErrors::one(
-                "calibration",
-                format!(
-                    "no {} measurement for arm {}",
-                    kind.as_str(),
-                    target.arm.name
-                ),
-            ))
-        })?;
-        let batch = target
-            .configs
-            .iter()
-            .find(|c| c.kind == kind)
-            .map_or(1, |c| c.batch_size);
-        let (_, size) = spec::seconds_to_size(seconds, m.images_per_second, m.train_images, batch);
-        Ok(Some((seconds, m, size)))
-    };
-    let pre = size_of(RunKind::Pretrain)?;
-    let ft = size_of(RunKind::Finetune)?;
+    let mut sized = Vec::with_capacity(target.arms.len());
+    for arm in &target.arms {
+        sized.push(size_arm(target, arm, measured)?);
+    }
     let mut tx = pool.begin().await?;
     queue::fence(&mut tx, lease).await?;
-    let cancelled: bool = sqlx::query_scalar(
-        "select cancelled_at is not null from study where study_id = $1 for update",
+    let row = sqlx::query(
+        "select cancelled_at is not null as cancelled, created_by from study
+         where study_id = $1 for update",
     )
     .bind(target.study_id)
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(StudyError::NotFound(target.study_id))?;
-    for (kind, found) in [(RunKind::Pretrain, &pre), (RunKind::Finetune, &ft)] {
-        let Some((seconds, m, size)) = found else {
-            continue;
-        };
-        let epoch_images = size.epoch_images.map_or(m.train_images, u64::from);
-        sqlx::query(
-            "insert into study_calibration (study_id, arm, stage, device, gpu_name, worker_id,
-                 images_per_second, budget_seconds, train_images, epochs, epoch_images)
-             values ($1, $2, $3::run_kind, $4, $5, $6, $7, $8, $9, $10, $11)
-             on conflict (study_id, arm, stage) do update set
-                 device = excluded.device, gpu_name = excluded.gpu_name,
-                 worker_id = excluded.worker_id, images_per_second = excluded.images_per_second,
-                 budget_seconds = excluded.budget_seconds, train_images = excluded.train_images,
-                 epochs = excluded.epochs, epoch_images = excluded.epoch_images,
-                 measured_at = now()",
+    let cancelled: bool = row.try_get("cancelled")?;
+    let created_by: Option<String> = row.try_get("created_by")?;
+    for (arm, stages) in target.arms.iter().zip(&sized) {
+        for s in stages {
+            let epoch_images = s
+                .size
+                .epoch_images
+                .map_or(s.measured.train_images, u64::from);
+            sqlx::query(
+                "insert into study_calibration (study_id, arm, stage, device, gpu_name, worker_id,
+                     images_per_second, budget_seconds, train_images, epochs, epoch_images)
+                 values ($1, $2, $3::run_kind, $4, $5, $6, $7, $8, $9, $10, $11)
+                 on conflict (study_id, arm, stage) do update set
+                     device = excluded.device, gpu_name = excluded.gpu_name,
+                     worker_id = excluded.worker_id, images_per_second = excluded.images_per_second,
+                     budget_seconds = excluded.budget_seconds, train_images = excluded.train_images,
+                     epochs = excluded.epochs, epoch_images = excluded.epoch_images,
+                     measured_at = now()",
+            )
+            .bind(target.study_id)
+            .bind(&arm.arm.name)
+            .bind(s.kind.as_str())
+            .bind(&device.device)
+            .bind(&device.gpu_name)
+            .bind(lease.worker_id)
+            .bind(s.measured.images_per_second)
+            .bind(s.seconds)
+            .bind(i64::try_from(s.measured.train_images).unwrap_or(i64::MAX))
+            .bind(i32::try_from(s.size.epochs).unwrap_or(i32::MAX))
+            .bind(i64::try_from(epoch_images).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?;
+        }
+        let of = |kind: RunKind| stages.iter().find(|s| s.kind == kind).map(|s| s.size);
+        let calibrated = Some((of(RunKind::Pretrain), of(RunKind::Finetune)));
+        let seeds: Vec<i64> = sqlx::query_scalar(
+            "select seed from study_chain where study_id = $1 and arm = $2 order by seed",
         )
         .bind(target.study_id)
-        .bind(&target.arm.name)
-        .bind(kind.as_str())
-        .bind(&device.device)
-        .bind(&device.gpu_name)
-        .bind(lease.worker_id)
-        .bind(m.images_per_second)
-        .bind(*seconds)
-        .bind(i64::try_from(m.train_images).unwrap_or(i64::MAX))
-        .bind(i32::try_from(size.epochs).unwrap_or(i32::MAX))
-        .bind(i64::try_from(epoch_images).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
+        .bind(&arm.arm.name)
+        .fetch_all(&mut *tx)
         .await?;
-    }
-    let calibrated = Some((pre.map(|p| p.2), ft.map(|f| f.2)));
-    let seeds: Vec<i64> = sqlx::query_scalar(
-        "select seed from study_chain where study_id = $1 and arm = $2 order by seed",
-    )
-    .bind(target.study_id)
-    .bind(&target.arm.name)
-    .fetch_all(&mut *tx)
-    .await?;
-    let created_by: Option<String> =
-        sqlx::query_scalar("select created_by from study where study_id = $1")
+        for seed in seeds {
+            let seed = u64::try_from(seed).unwrap_or(0);
+            let chain =
+                target
+                    .spec
+                    .chain(target.stages, target.budget, &arm.arm, seed, calibrated)?;
+            insert_chain(&mut tx, target.study_id, &chain).await?;
+            let started: bool = sqlx::query_scalar(
+                "select exists (select 1 from run where study_id = $1 and study_arm = $2 and study_seed = $3)",
+            )
             .bind(target.study_id)
+            .bind(&arm.arm.name)
+            .bind(seed_i64(seed)?)
             .fetch_one(&mut *tx)
             .await?;
-    for seed in seeds {
-        let seed = u64::try_from(seed).unwrap_or(0);
-        let chain =
-            target
-                .spec
-                .chain(target.stages, target.budget, &target.arm, seed, calibrated)?;
-        insert_chain(&mut tx, target.study_id, &chain).await?;
-        let started: bool = sqlx::query_scalar(
-            "select exists (select 1 from run where study_id = $1 and study_arm = $2 and study_seed = $3)",
-        )
-        .bind(target.study_id)
-        .bind(&target.arm.name)
-        .bind(seed_i64(seed)?)
-        .fetch_one(&mut *tx)
-        .await?;
-        if !cancelled && !started {
-            queue_first_run(&mut tx, target.study_id, &chain, created_by.as_deref()).await?;
+            if !cancelled && !started {
+                queue_first_run(&mut tx, target.study_id, &chain, created_by.as_deref()).await?;
+            }
         }
+        tracing::info!(study_id = %target.study_id, arm = %arm.arm.name, ?calibrated, "arm calibrated");
     }
     queue::finish_in(&mut tx, lease, queue::Finish::Succeeded, None).await?;
     tx.commit().await?;
-    tracing::info!(study_id = %target.study_id, arm = %target.arm.name, ?calibrated, "arm calibrated");
     Ok(())
 }
 
@@ -638,13 +679,15 @@ pub async fn retry_study(
     .fetch_one(&mut *tx)
     .await?
     .try_get::<i64, _>("n")?;
-    // Calibrations that were cancelled or failed.
+    // The calibration, cancelled or failed (for one chain: if its arm still
+    // has none; the job calibrates every arm that has none).
     let calibrations = sqlx::query(
         "update job set state = 'queued', attempt = 0, cancel_requested = false, error = null,
                         finished_at = null, worker_id = null, lease_expires_at = null,
                         run_after = now(), enqueued_at = now()
          where job_type = 'calibrate' and payload->>'study_id' = $1::text
-           and ($2::text is null or payload->>'arm' = $2)
+           and ($2::text is null or not exists (select 1 from study_calibration k
+                                                where k.study_id = $1 and k.arm = $2))
            and state in ('failed', 'cancelled')",
     )
     .bind(study_id)

@@ -909,11 +909,13 @@ fn expand_arms(
 }
 
 /// A seconds budget in images, epochs and images per epoch:
-/// `images = seconds x images/s`; `epochs = round(images / train_images)`, at
+/// `images = seconds x images/s`; `epochs = ceil(images / train_images)`, at
 /// least one; each epoch a fresh random sample of `images / epochs` training
-/// images (at least one batch, at most the split). So a run sees the images
-/// its seconds buy (up to a batch per epoch, which drop_last leaves out),
-/// while whole epochs keep the schedule and the per-epoch rows a run has.
+/// images (at least one batch, never more than the split, since epochs round
+/// up). So a run sees the images its seconds buy (up to a batch per epoch,
+/// which drop_last leaves out), while whole epochs keep the schedule and the
+/// per-epoch rows a run has. Rounding epochs to the nearest instead would
+/// cap a 1.4-epoch budget at one epoch and lose 30% of it.
 pub fn seconds_to_size(
     seconds: f64,
     images_per_second: f64,
@@ -922,7 +924,7 @@ pub fn seconds_to_size(
 ) -> (u64, StageSize) {
     let images = (seconds * images_per_second).max(0.0).floor() as u64;
     let train = train_images.max(1);
-    let epochs = ((images as f64 / train as f64).round() as u64).clamp(1, 100_000);
+    let epochs = images.div_ceil(train).clamp(1, 100_000);
     let per_epoch = (images / epochs).clamp(u64::from(batch_size.max(1)).min(train), train);
     let epoch_images = (per_epoch < train).then(|| u32::try_from(per_epoch).unwrap_or(u32::MAX));
     (

@@ -95,13 +95,47 @@ fn query(pairs: &[(&str, Option<String>)]) -> String {
     ser.finish()
 }
 
-/// A run id from the command line, checked before any request.
-fn run_id(raw: &str) -> anyhow::Result<uuid::Uuid> {
-    uuid::Uuid::parse_str(raw.trim()).with_context(|| format!("`{raw}` is not a run id (a UUID)"))
+/// An id (of a `what`: run, study) from the command line, checked before
+/// any request.
+pub(super) fn parse_id(raw: &str, what: &str) -> anyhow::Result<uuid::Uuid> {
+    uuid::Uuid::parse_str(raw.trim())
+        .with_context(|| format!("`{raw}` is not a {what} id (a UUID)"))
 }
 
-fn num(v: Option<f64>, digits: usize) -> String {
+/// A run id from the command line.
+fn run_id(raw: &str) -> anyhow::Result<uuid::Uuid> {
+    parse_id(raw, "run")
+}
+
+/// `v` with `digits` decimals, or `-`.
+pub(super) fn num(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"))
+}
+
+/// Fetch an export from the API, from `csv_path` as the CSV the server
+/// writes or from `json_path` as JSON, pretty-printed; print it, or write it
+/// to `output`.
+pub(super) async fn export_to(
+    client: &Client,
+    format: ExportFormat,
+    csv_path: &str,
+    json_path: &str,
+    output: Option<PathBuf>,
+) -> anyhow::Result<u8> {
+    let text = match format {
+        ExportFormat::Csv => client.get_text(csv_path).await?,
+        ExportFormat::Json => {
+            let v: Value = client.get(json_path).await?;
+            serde_json::to_string_pretty(&v)? + "\n"
+        }
+    };
+    match output {
+        Some(path) => {
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+        None => print!("{text}"),
+    }
+    Ok(EXIT_OK)
 }
 
 pub async fn run(command: RunsCommand) -> anyhow::Result<u8> {
@@ -192,24 +226,15 @@ async fn show(a: ShowArgs) -> anyhow::Result<u8> {
 async fn export(a: ExportArgs) -> anyhow::Result<u8> {
     let id = run_id(&a.run_id)?;
     let client = Client::new(&a.conn)?;
-    let text = match a.format {
-        ExportFormat::Csv => {
-            client
-                .get_text(&format!("/api/v1/runs/{id}/epochs?format=csv"))
-                .await?
-        }
-        ExportFormat::Json => {
-            let v: Value = client.get(&format!("/api/v1/runs/{id}/epochs")).await?;
-            serde_json::to_string_pretty(&v)? + "\n"
-        }
-    };
-    match a.output {
-        Some(path) => {
-            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?
-        }
-        None => print!("{text}"),
-    }
-    Ok(EXIT_OK)
+    let path = format!("/api/v1/runs/{id}/epochs");
+    export_to(
+        &client,
+        a.format,
+        &format!("{path}?format=csv"),
+        &path,
+        a.output,
+    )
+    .await
 }
 
 pub async fn cancel(a: CancelArgs) -> anyhow::Result<u8> {

@@ -20,6 +20,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::runs::{ExportFormat, export_to, num, parse_id};
 use super::sse::{Follow, SseEvent, Step};
 use super::{Client, Conn, EXIT_BAR_MISSED, EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE};
 use crate::read_model::studies::{ChainRow, ChainRun, METRICS, MetricDef, metric};
@@ -83,12 +84,6 @@ pub struct ShowArgs {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum ExportFormat {
-    Csv,
-    Json,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ExportRows {
     /// One row per chain and metric.
     Seeds,
@@ -141,7 +136,7 @@ pub async fn run(command: StudyCommand) -> anyhow::Result<u8> {
 
 /// A study id from the command line, checked before any request.
 fn study_id(raw: &str) -> anyhow::Result<Uuid> {
-    Uuid::parse_str(raw.trim()).with_context(|| format!("`{raw}` is not a study id (a UUID)"))
+    parse_id(raw, "study")
 }
 
 fn report_invalid(file: &std::path::Path, errors: &ConfigErrors) {
@@ -437,30 +432,8 @@ async fn export(a: ExportArgs) -> anyhow::Result<u8> {
         ExportRows::Seeds => "seeds",
         ExportRows::Aggregate => "aggregate",
     };
-    let text = match a.format {
-        ExportFormat::Csv => {
-            client
-                .get_text(&format!(
-                    "/api/v1/studies/{id}/export?format=csv&rows={rows}"
-                ))
-                .await?
-        }
-        ExportFormat::Json => {
-            let v: Value = client
-                .get(&format!(
-                    "/api/v1/studies/{id}/export?format=json&rows={rows}"
-                ))
-                .await?;
-            serde_json::to_string_pretty(&v)? + "\n"
-        }
-    };
-    match a.output {
-        Some(path) => {
-            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        }
-        None => print!("{text}"),
-    }
-    Ok(EXIT_OK)
+    let path = |format: &str| format!("/api/v1/studies/{id}/export?format={format}&rows={rows}");
+    export_to(&client, a.format, &path("csv"), &path("json"), a.output).await
 }
 
 async fn cancel(a: IdArgs) -> anyhow::Result<u8> {
@@ -506,10 +479,6 @@ fn signed(x: f64, digits: usize) -> String {
     format!("{x:+.digits$}")
 }
 
-fn opt(x: Option<f64>, digits: usize) -> String {
-    x.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"))
-}
-
 /// The results table: per arm, n, the primary metric's mean with its
 /// interval, the difference to the baseline with its interval and p, and the
 /// verdict sentence.
@@ -551,8 +520,8 @@ fn print_results(s: &StudyView) {
                             signed(c.ci_low, d),
                             signed(c.ci_high, d)
                         ),
-                        opt(c.p_value, 3),
-                        opt(c.prob_improvement, 2),
+                        num(c.p_value, 3),
+                        num(c.prob_improvement, 2),
                     ),
                     None if arm.arm == results.baseline => {
                         (mean, "baseline".into(), String::new(), String::new())

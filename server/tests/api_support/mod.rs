@@ -1,12 +1,14 @@
 //! Shared by the api_*, auth_* and cli_* tests: a fresh migrated database per
 //! test, the app around it (for `oneshot`), a token, and row counts to prove
-//! that refused requests wrote nothing.
+//! that refused requests wrote nothing. Its simulated worker
+//! ([`register_worker`], [`work_one`]) serves the e2e_* and study tests too.
 #![allow(dead_code)]
 
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
+use maelab_core::db::metrics::EpochRecord;
 use maelab_core::db::testing::TestDb;
 use maelab_server::auth::tokens;
 use maelab_server::http::{AppState, app};
@@ -153,21 +155,15 @@ pub fn tiny_config() -> Value {
     })
 }
 
-/// What a simulated worker reports for one epoch: (train loss, test top-1).
-pub type EpochSpec = (f64, Option<f64>);
-
-/// Act as a worker would, through the queue's fenced writes: register, claim
-/// the next job, write `epochs` (and a step per epoch and one reconstruction),
-/// then complete it (`succeed`) or fail it. Returns the claimed run id.
-pub async fn work_one(pool: &sqlx::PgPool, epochs: &[EpochSpec], succeed: bool) -> uuid::Uuid {
-    use maelab_core::db::artifacts::{NewArtifact, put_artifact};
-    use maelab_core::db::metrics::{EpochRecord, StepRecord, record_epoch, record_step};
-    use maelab_core::db::{queue, workers};
-    let worker = workers::register(
+/// Register a CPU worker named `name` on `host`, as `maelab-worker run` does
+/// when it starts; returns its id, to claim jobs with.
+pub async fn register_worker(pool: &sqlx::PgPool, name: &str, host: &str) -> uuid::Uuid {
+    use maelab_core::db::workers::{self, WorkerInfo};
+    workers::register(
         pool,
-        &workers::WorkerInfo {
-            name: "sim-worker".into(),
-            host: "test-host".into(),
+        &WorkerInfo {
+            name: name.into(),
+            host: host.into(),
             device: "cpu".into(),
             gpu_name: None,
             torch_version: "none".into(),
@@ -175,7 +171,39 @@ pub async fn work_one(pool: &sqlx::PgPool, epochs: &[EpochSpec], succeed: bool) 
         },
     )
     .await
-    .expect("register");
+    .expect("register")
+}
+
+/// What a simulated worker reports for one epoch: (train loss, test top-1).
+pub type EpochSpec = (f64, Option<f64>);
+
+/// The epoch row a simulated worker writes for `epoch`: `loss`, and with a
+/// top-1 `acc1` the test loss and top-5 of a finetune.
+pub fn sim_epoch(epoch: i32, (loss, acc1): EpochSpec) -> EpochRecord {
+    EpochRecord {
+        epoch,
+        train_lr: 1e-3,
+        train_loss: loss,
+        test_loss: acc1.map(|_| 1.0),
+        test_acc1: acc1,
+        test_acc5: acc1.map(|a| (a + 20.0).min(100.0)),
+        n_parameters: Some(1000),
+        psnr: None,
+        hf_ratio: None,
+        epoch_seconds: 1.5,
+        images_per_second: Some(1000.0),
+        extra: json!({}),
+    }
+}
+
+/// Act as a worker would, through the queue's fenced writes: register, claim
+/// the next job, write `epochs` (and a step per epoch and one reconstruction),
+/// then complete it (`succeed`) or fail it. Returns the claimed run id.
+pub async fn work_one(pool: &sqlx::PgPool, epochs: &[EpochSpec], succeed: bool) -> uuid::Uuid {
+    use maelab_core::db::artifacts::{NewArtifact, put_artifact};
+    use maelab_core::db::metrics::{StepRecord, record_epoch, record_step};
+    use maelab_core::db::queue;
+    let worker = register_worker(pool, "sim-worker", "test-host").await;
     let job = queue::claim_next(pool, worker, std::time::Duration::from_secs(60))
         .await
         .expect("claim")
@@ -197,26 +225,9 @@ pub async fn work_one(pool: &sqlx::PgPool, epochs: &[EpochSpec], succeed: bool) 
         )
         .await
         .expect("step");
-        record_epoch(
-            pool,
-            &lease,
-            &EpochRecord {
-                epoch,
-                train_lr: 1e-3,
-                train_loss: *loss,
-                test_loss: acc1.map(|_| 1.0),
-                test_acc1: *acc1,
-                test_acc5: acc1.map(|a| (a + 20.0).min(100.0)),
-                n_parameters: Some(1000),
-                psnr: None,
-                hf_ratio: None,
-                epoch_seconds: 1.5,
-                images_per_second: Some(1000.0),
-                extra: json!({}),
-            },
-        )
-        .await
-        .expect("epoch");
+        record_epoch(pool, &lease, &sim_epoch(epoch, (*loss, *acc1)))
+            .await
+            .expect("epoch");
     }
     put_artifact(
         pool,

@@ -2,7 +2,7 @@
 //! `maelab_core::db::studies`, and a fake worker that trains its chains by
 //! writing what `maelab-worker run` writes (epochs, checkpoints,
 //! reconstructions) through the queue's fenced functions. Needs `mod
-//! pages_support;` beside it.
+//! api_support;` and `mod pages_support;` beside it.
 #![allow(dead_code)]
 
 use std::time::Duration;
@@ -11,7 +11,6 @@ use maelab_core::db::artifacts::{NewArtifact, put_artifact};
 use maelab_core::db::metrics::{EpochRecord, record_epoch_with_checkpoint};
 use maelab_core::db::queue::{self, Lease};
 use maelab_core::db::studies;
-use maelab_core::db::workers::{self, WorkerInfo};
 use maelab_core::study::StudySpec;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -50,19 +49,7 @@ pub async fn submit(pool: &PgPool, doc: &str) -> Uuid {
 }
 
 pub async fn worker(pool: &PgPool) -> Uuid {
-    workers::register(
-        pool,
-        &WorkerInfo {
-            name: "study-worker".into(),
-            host: "localhost".into(),
-            device: "cpu".into(),
-            gpu_name: None,
-            torch_version: "none".into(),
-            pid: None,
-        },
-    )
-    .await
-    .expect("register")
+    crate::api_support::register_worker(pool, "study-worker", "localhost").await
 }
 
 /// A claimed study run: which chain and stage it is.

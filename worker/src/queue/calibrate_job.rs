@@ -1,10 +1,15 @@
-//! The `calibrate` job type (studies.md, "Equal compute"): measure one study
-//! arm's training throughput on this worker, stage by stage, with the same
-//! code as `maelab-worker bench` ([`crate::train::throughput`]), count the
-//! images of an epoch of its training split, and hand both to
-//! [`studies::finish_calibration`], which turns the arm's seconds into epochs,
-//! sizes every seed's chain and queues them, and completes this job in one
-//! transaction.
+//! The `calibrate` job type (studies.md, "Equal compute"): measure the
+//! training throughput of every arm of a study that has no calibration yet,
+//! stage by stage, on this worker, with the same code as `maelab-worker
+//! bench` ([`crate::train::throughput`]); count the images of each run's
+//! training split; and hand both to [`studies::finish_calibration`], which
+//! turns each arm's seconds into images, sizes and queues every chain, and
+//! completes this job in one transaction.
+//!
+//! Arms are measured side by side, round after round, and each keeps its
+//! fastest step: a burst of other work on the machine then slows every arm's
+//! slow steps alike instead of one arm's whole measurement, so the ratios
+//! between arms (what "equal compute" rests on) survive a busy machine.
 
 use std::path::Path;
 
@@ -17,46 +22,62 @@ use super::JobEnd;
 use super::signals::JobSignals;
 use crate::data::Split;
 
-/// Untimed steps before the timed ones (allocator and kernel warm-up).
-pub const WARMUP_STEPS: u32 = 2;
-/// Timed steps per stage: long enough to average a step's jitter, short
-/// enough that a five-arm study calibrates in a few minutes on a CPU.
-pub const TIMED_STEPS: u32 = 6;
+/// Rounds over all arms and stages.
+pub const ROUNDS: u32 = 3;
+/// Untimed steps before each round's timed ones (allocator and kernel warm-up).
+pub const WARMUP_STEPS: u32 = 1;
+/// Timed steps per arm, stage and round.
+pub const TIMED_STEPS: u32 = 3;
 
-/// Measure every stage of the target's arm.
+/// Measure every stage of every arm of the target.
 pub fn measure(
     target: &CalibrationTarget,
     device: tch::Device,
     cache_dir: &Path,
     signals: &JobSignals,
 ) -> anyhow::Result<Result<Vec<Measured>, JobEnd>> {
-    let mut out = Vec::new();
-    for config in &target.configs {
-        if let Some(reason) = signals.stop_reason() {
-            return Ok(Err(JobEnd::Stopped(reason)));
+    // (arm, config, train images, fastest step seconds so far)
+    let mut slots = Vec::new();
+    for arm in &target.arms {
+        for config in &arm.configs {
+            let train = crate::data::open(&config.dataset, Split::Train, cache_dir)
+                .with_context(|| format!("opening dataset `{}`", config.dataset))?;
+            let train_images = match config.train_subset {
+                Some(n) => (n as usize).min(train.len()),
+                None => train.len(),
+            };
+            slots.push((&arm.arm.name, config, train_images, f64::INFINITY));
         }
-        let train = crate::data::open(&config.dataset, Split::Train, cache_dir)
-            .with_context(|| format!("opening dataset `{}`", config.dataset))?;
-        let train_images = match config.train_subset {
-            Some(n) => (n as usize).min(train.len()),
-            None => train.len(),
-        };
-        let t = crate::train::throughput::measure(config, device, WARMUP_STEPS, TIMED_STEPS)
-            .with_context(|| format!("measuring the {} stage", config.kind.as_str()))?;
-        tracing::info!(
-            arm = %target.arm.name,
-            stage = config.kind.as_str(),
-            images_per_second = t.images_per_second,
-            train_images,
-            "calibrated"
-        );
-        out.push(Measured {
-            stage: config.kind,
-            images_per_second: t.images_per_second,
-            train_images: train_images as u64,
-        });
     }
-    Ok(Ok(out))
+    for _ in 0..ROUNDS {
+        for (arm, config, _, best) in &mut slots {
+            if let Some(reason) = signals.stop_reason() {
+                return Ok(Err(JobEnd::Stopped(reason)));
+            }
+            let t = crate::train::throughput::measure(config, device, WARMUP_STEPS, TIMED_STEPS)
+                .with_context(|| format!("measuring arm {arm}, {} stage", config.kind.as_str()))?;
+            *best = best.min(t.best_step_seconds);
+        }
+    }
+    Ok(Ok(slots
+        .into_iter()
+        .map(|(arm, config, train_images, best)| {
+            let images_per_second = f64::from(config.batch_size) / best.max(1e-9);
+            tracing::info!(
+                %arm,
+                stage = config.kind.as_str(),
+                images_per_second,
+                train_images,
+                "calibrated"
+            );
+            Measured {
+                arm: arm.clone(),
+                stage: config.kind,
+                images_per_second,
+                train_images: train_images as u64,
+            }
+        })
+        .collect()))
 }
 
 /// The device as the study page names it.
@@ -73,7 +94,7 @@ pub fn device_info(device: tch::Device) -> CalibrationDevice {
     }
 }
 
-/// Read the job's target; a study or arm that is gone fails the job.
+/// Read the job's target; a study that is gone fails the job.
 pub async fn target(pool: &PgPool, job: &ClaimedJob) -> Result<CalibrationTarget, JobEnd> {
     studies::calibration_target(pool, &job.payload)
         .await

@@ -1,8 +1,10 @@
-//! Helpers for the queue tests: worker processes of the built binary, runs
-//! of load-test jobs, and waiting on the database.
+//! Helpers for the queue tests: worker processes of the built binary (bare,
+//! or training with their log kept), runs of load-test jobs, and waiting on
+//! the database.
 
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -62,6 +64,46 @@ impl WorkerProcess {
 impl Drop for WorkerProcess {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A training `maelab-worker run` process (CPU, one thread, its data cache
+/// in `dir/cache`) whose log goes to `dir/worker.log`, killed on drop.
+pub struct LoggedWorker {
+    pub child: Child,
+    log: PathBuf,
+}
+
+impl LoggedWorker {
+    pub fn spawn(url: &str, dir: &Path) -> Self {
+        let log = dir.join("worker.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_maelab-worker"))
+            .args(["run", "--database-url", url, "--device", "cpu"])
+            .args(["--poll-interval", "0.5", "--threads", "1"])
+            .args(["--loader-threads", "1", "--cache-dir"])
+            .arg(dir.join("cache"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn maelab-worker");
+        Self { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for LoggedWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -31,9 +31,15 @@ pub fn router() -> Router<AppState> {
         .route("/runs/{id}/retry", post(retry))
 }
 
-/// A run id from the URL; anything that is not one is a 404, like a missing run.
+/// An id from the URL of a `what` (run, study); anything that is not one is
+/// a 404, like a missing one.
+pub(crate) fn parse_uuid(what: &str, text: &str) -> Result<Uuid, PageError> {
+    Uuid::parse_str(text).map_err(|_| PageError::NotFound(format!("{what} {text}")))
+}
+
+/// A run id from the URL.
 pub(crate) fn parse_id(text: &str) -> Result<Uuid, PageError> {
-    Uuid::parse_str(text).map_err(|_| PageError::NotFound(format!("run {text}")))
+    parse_uuid("run", text)
 }
 
 /// Epoch rows as columns (what uPlot draws, and half the bytes of rows).

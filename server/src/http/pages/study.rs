@@ -52,7 +52,7 @@ impl From<StudyError> for PageError {
 
 /// A study id from the URL; anything that is not one is a 404.
 fn parse_id(text: &str) -> Result<Uuid, PageError> {
-    Uuid::parse_str(text).map_err(|_| PageError::NotFound(format!("study {text}")))
+    super::run::parse_uuid("study", text)
 }
 
 /// The results table's headers (the order of `read_model::studies::METRICS`).
