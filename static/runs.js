@@ -54,7 +54,7 @@
     if (!tr) return;
     const ep = cell(tr, "epochs");
     ep.textContent = String(Math.max(Number(ep.textContent) || 0, e.epoch + 1));
-    cell(tr, "loss").textContent = e.train_loss.toFixed(4);
+    if (e.train_loss != null) cell(tr, "loss").textContent = e.train_loss.toFixed(4);
     if (e.test_acc1 != null) {
       const top = cell(tr, "top1");
       const old = parseFloat(top.textContent);

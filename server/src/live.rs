@@ -27,7 +27,10 @@ use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use crate::change_clock::ChangeClock;
-use crate::http::pages::rows::{self, EpochRow, ReconRow, RunRow, StepRow};
+use crate::read_model::RunSummary;
+use crate::read_model::artifacts::{self, ArtifactInfo};
+use crate::read_model::metrics::{self, EpochRow, STEP_CHUNK, StepRow};
+use crate::read_model::runs;
 
 /// The channel the schema's triggers notify on.
 pub const CHANNEL: &str = "maelab_events";
@@ -51,15 +54,23 @@ pub struct Batch<T> {
     pub rows: Vec<T>,
 }
 
-/// What the hub broadcasts.
+/// An epoch row and the run it belongs to.
+#[derive(Debug, Clone)]
+pub struct RunEpoch {
+    pub run_id: Uuid,
+    pub row: EpochRow,
+}
+
+/// What the hub broadcasts: the read model's rows, as the API shows them.
 #[derive(Debug, Clone)]
 pub enum LiveEvent {
     /// A run was created or changed status.
-    Run(Arc<RunRow>),
+    Run(Arc<RunSummary>),
     /// An epoch row was written (inserted or upserted again).
-    Epoch(Arc<EpochRow>),
+    Epoch(Arc<RunEpoch>),
     Steps(Arc<Batch<StepRow>>),
-    Recons(Arc<Batch<ReconRow>>),
+    /// Reconstruction images.
+    Recons(Arc<Batch<ArtifactInfo>>),
     /// A study changed without a run changing (an arm was calibrated).
     StudyChanged(Uuid),
     /// Notifications may have been lost (the LISTEN connection dropped):
@@ -122,9 +133,16 @@ struct Note {
     table: String,
     #[serde(default)]
     epoch: Option<i32>,
+    /// An ingest batch (`metric_point`) names the range of epochs it wrote.
+    #[serde(default)]
+    last_epoch: Option<i32>,
     #[serde(default)]
     study_id: Option<Uuid>,
 }
+
+/// Most epoch rows one ingest notification fans out; a longer range reads
+/// only its end (streams that miss rows catch up from the table by gap).
+const MAX_BATCH_EPOCHS: i32 = 1000;
 
 /// Listen, reconnecting with backoff; a reconnect broadcasts [`LiveEvent::Resync`].
 async fn listen_loop(db: PgPool, tx: broadcast::Sender<LiveEvent>, clock: &ChangeClock) {
@@ -164,9 +182,9 @@ async fn listen_loop(db: PgPool, tx: broadcast::Sender<LiveEvent>, clock: &Chang
                         })
                         .collect::<Vec<Note>>();
                     if batch.len() != notes.len()
-                        || notes
-                            .iter()
-                            .any(|n| matches!(n.table.as_str(), "run" | "epoch_metric"))
+                        || notes.iter().any(|n| {
+                            matches!(n.table.as_str(), "run" | "epoch_metric" | "metric_point")
+                        })
                     {
                         clock.tick();
                     }
@@ -211,6 +229,7 @@ async fn fan_out(
     }
     let mut runs = Vec::new();
     let mut epochs = Vec::new();
+    let mut ranges = Vec::new();
     let mut steps = Vec::new();
     let mut recons = Vec::new();
     let mut seen = HashSet::new();
@@ -221,6 +240,13 @@ async fn fan_out(
         match n.table.as_str() {
             "run" => runs.push(n.run_id),
             "epoch_metric" => epochs.extend(n.epoch.map(|e| (n.run_id, e))),
+            // An ingest batch: one notification for all the epochs it wrote.
+            "metric_point" => {
+                if let (Some(first), Some(last)) = (n.epoch, n.last_epoch) {
+                    let first = first.max(last.saturating_sub(MAX_BATCH_EPOCHS - 1));
+                    ranges.push((n.run_id, first, last));
+                }
+            }
             "step_metric" if !steps.contains(&n.run_id) => steps.push(n.run_id),
             "artifact" if !recons.contains(&n.run_id) => recons.push(n.run_id),
             "study_calibration" => {
@@ -232,19 +258,28 @@ async fn fan_out(
         }
     }
     for run_id in runs {
-        if let Some(row) = rows::run_row(db, run_id).await? {
+        if let Some(row) = runs::summary(db, run_id).await? {
             let _ = tx.send(LiveEvent::Run(Arc::new(row)));
         }
     }
     for (run_id, epoch) in epochs {
-        if let Some(row) = rows::epoch_row(db, run_id, epoch).await? {
-            let _ = tx.send(LiveEvent::Epoch(Arc::new(row)));
+        if let Some(row) = metrics::epoch(db, run_id, epoch).await? {
+            let _ = tx.send(LiveEvent::Epoch(Arc::new(RunEpoch { run_id, row })));
+        }
+    }
+    // An ingest batch's epochs, read in one query.
+    for (run_id, first, last) in ranges {
+        for row in metrics::epochs(db, run_id, Some(first - 1)).await? {
+            if row.epoch > last {
+                break;
+            }
+            let _ = tx.send(LiveEvent::Epoch(Arc::new(RunEpoch { run_id, row })));
         }
     }
     for run_id in steps {
         let after = cursors.get(&(run_id, "step")).copied().unwrap_or(-1);
         let after_i32 = i32::try_from(after).unwrap_or(-1);
-        let rows = rows::latest_steps_after(db, run_id, after_i32, HUB_BATCH).await?;
+        let rows = metrics::latest_steps(db, run_id, Some(after_i32), HUB_BATCH).await?;
         let Some(last) = rows.last().map(|r| i64::from(r.step)) else {
             continue;
         };
@@ -263,8 +298,8 @@ async fn fan_out(
     }
     for run_id in recons {
         let after = cursors.get(&(run_id, "recon")).copied().unwrap_or(-1);
-        let rows = rows::recons_after(db, run_id, after).await?;
-        let Some(last) = rows.last().map(|r| r.artifact_id) else {
+        let rows = artifacts::reconstructions(db, run_id, Some(after)).await?;
+        let Some(last) = rows.last().and_then(|r| r.artifact_id) else {
             continue;
         };
         cursors.insert((run_id, "recon"), last);
@@ -409,13 +444,13 @@ impl RunStream {
         }
     }
 
-    fn push_recons(&mut self, rows: &[ReconRow]) {
-        let fresh: Vec<&ReconRow> = rows
+    fn push_recons(&mut self, rows: &[ArtifactInfo]) {
+        let fresh: Vec<&ArtifactInfo> = rows
             .iter()
-            .filter(|r| r.artifact_id > self.cursor.recon)
+            .filter(|r| r.artifact_id.is_some_and(|id| id > self.cursor.recon))
             .collect();
-        if let Some(last) = fresh.last() {
-            self.cursor.recon = last.artifact_id;
+        if let Some(last) = fresh.last().and_then(|r| r.artifact_id) {
+            self.cursor.recon = last;
             self.push("recons", &fresh);
         }
     }
@@ -425,23 +460,24 @@ impl RunStream {
         self.catch_up = false;
         if self.send_status {
             self.send_status = false;
-            if let Some(run) = rows::run_row(&self.db, self.run_id).await? {
+            if let Some(run) = runs::summary(&self.db, self.run_id).await? {
                 self.push("status", &run);
             }
         }
-        for row in rows::epochs_after(&self.db, self.run_id, self.cursor.epoch).await? {
+        for row in metrics::epochs(&self.db, self.run_id, Some(self.cursor.epoch)).await? {
             self.push_epoch(&row);
         }
         loop {
             let chunk =
-                rows::steps_after(&self.db, self.run_id, self.cursor.step, rows::STEP_CHUNK)
+                metrics::steps_after(&self.db, self.run_id, Some(self.cursor.step), STEP_CHUNK)
                     .await?;
             self.push_steps(&chunk);
-            if i64::try_from(chunk.len()).unwrap_or(0) < rows::STEP_CHUNK {
+            if i64::try_from(chunk.len()).unwrap_or(0) < STEP_CHUNK {
                 break;
             }
         }
-        let recons = rows::recons_after(&self.db, self.run_id, self.cursor.recon).await?;
+        let recons =
+            artifacts::reconstructions(&self.db, self.run_id, Some(self.cursor.recon)).await?;
         self.push_recons(&recons);
         Ok(())
     }
@@ -449,10 +485,10 @@ impl RunStream {
     fn apply(&mut self, ev: &LiveEvent) {
         match ev {
             LiveEvent::Run(run) if run.run_id == self.run_id => self.push("status", &**run),
-            LiveEvent::Epoch(row) if row.run_id == self.run_id => {
-                if row.epoch == self.cursor.epoch + 1 {
-                    self.push_epoch(row);
-                } else if row.epoch > self.cursor.epoch + 1 {
+            LiveEvent::Epoch(e) if e.run_id == self.run_id => {
+                if e.row.epoch == self.cursor.epoch + 1 {
+                    self.push_epoch(&e.row);
+                } else if e.row.epoch > self.cursor.epoch + 1 {
                     self.catch_up = true;
                 }
             }
@@ -484,7 +520,7 @@ impl RunStream {
 struct EpochTick {
     run_id: Uuid,
     epoch: i32,
-    train_loss: f64,
+    train_loss: Option<f64>,
     test_acc1: Option<f64>,
 }
 
@@ -496,13 +532,13 @@ pub fn list_events(live: &Live) -> Sse<impl Stream<Item = Result<Event, Infallib
         loop {
             let ev = match rx.recv().await {
                 Ok(LiveEvent::Run(run)) => encode("run", &*run),
-                Ok(LiveEvent::Epoch(row)) => encode(
+                Ok(LiveEvent::Epoch(e)) => encode(
                     "epoch",
                     &EpochTick {
-                        run_id: row.run_id,
-                        epoch: row.epoch,
-                        train_loss: row.train_loss,
-                        test_acc1: row.test_acc1,
+                        run_id: e.run_id,
+                        epoch: e.row.epoch,
+                        train_loss: e.row.train_loss,
+                        test_acc1: e.row.test_acc1,
                     },
                 ),
                 Ok(LiveEvent::Resync) | Err(RecvError::Lagged(_)) => {

@@ -99,6 +99,7 @@ const RESCUE_BACKOFF: Duration = Duration::from_secs(5);
 /// Requeue (or fail) jobs whose worker died. Workers run the same reaper on
 /// every poll; the server runs it too so that jobs are rescued, and shown
 /// right, while no worker is alive. An advisory lock keeps it to one at a time.
+/// It also marks silent external runs lost.
 async fn reap_forever(db: sqlx::PgPool) {
     let mut tick = tokio::time::interval(REAP_EVERY);
     loop {
@@ -114,6 +115,10 @@ async fn reap_forever(db: sqlx::PgPool) {
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "reaper pass failed"),
+        }
+        // External runs whose client went silent (no worker lease to expire).
+        if let Err(e) = maelab_core::db::ingest::mark_lost(&db).await {
+            tracing::warn!(error = %e, "lost-run sweep failed");
         }
     }
 }

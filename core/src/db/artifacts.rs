@@ -52,7 +52,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-async fn upsert(
+pub(crate) async fn upsert(
     tx: &mut sqlx::PgConnection,
     run_id: Uuid,
     a: &NewArtifact<'_>,

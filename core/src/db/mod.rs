@@ -4,6 +4,7 @@
 //! so whichever process starts first brings the database up to date.
 
 pub mod artifacts;
+pub mod ingest;
 pub mod metrics;
 pub mod queue;
 pub mod runs;

@@ -84,6 +84,15 @@ impl Client {
         r.text().await.with_context(|| format!("reading {path}"))
     }
 
+    /// GET `path` as bytes, unchanged (an export written to a file).
+    pub async fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let r = self.send(self.request(reqwest::Method::GET, path)).await?;
+        Ok(r.bytes()
+            .await
+            .with_context(|| format!("reading {path}"))?
+            .to_vec())
+    }
+
     /// GET `path` as a stream of server-sent events, resuming after
     /// `last_event_id` when given.
     pub async fn events(
@@ -111,6 +120,38 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
+        let r = self.send(req).await?;
+        r.json().await.with_context(|| format!("decoding {path}"))
+    }
+
+    /// POST JSON to `path`; the answer's status (200 and 201 tell a found
+    /// from a created resource) and its decoded JSON.
+    pub async fn post_status<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<(u16, T)> {
+        let r = self
+            .send(self.request(reqwest::Method::POST, path).json(body))
+            .await?;
+        let status = r.status().as_u16();
+        let body = r.json().await.with_context(|| format!("decoding {path}"))?;
+        Ok((status, body))
+    }
+
+    /// PUT a streamed body of `len` bytes to `path` and decode the JSON answer.
+    pub async fn put_stream<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: reqwest::Body,
+        len: u64,
+        media_type: &str,
+    ) -> anyhow::Result<T> {
+        let req = self
+            .request(reqwest::Method::PUT, path)
+            .header(reqwest::header::CONTENT_TYPE, media_type)
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(body);
         let r = self.send(req).await?;
         r.json().await.with_context(|| format!("decoding {path}"))
     }

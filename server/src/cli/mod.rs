@@ -1,8 +1,8 @@
 //! The `maelab` client commands a CI pipeline uses: `submit`, `runs
-//! list|show|export`, `cancel`, `watch`, `study
-//! submit|show|export|cancel|retry`, and the operator's `token
-//! create|list|revoke`. Waiting follows the server's event streams
-//! ([`sse`]).
+//! list|show|export` (also as `export`), `cancel`, `watch`, `study
+//! submit|show|export|cancel|retry`, `import` (folders of the official MAE
+//! output), and the operator's `token create|list|revoke`. Waiting follows
+//! the server's event streams ([`sse`]).
 //!
 //! Exit codes (documented in `maelab --help` and the README), so a pipeline
 //! can branch on them:
@@ -14,6 +14,8 @@
 //! - 3: usage error, invalid config, refused request, or no connection.
 
 mod client;
+mod import;
+pub mod mae_log;
 mod runs;
 pub mod sse;
 mod study;
@@ -61,6 +63,13 @@ pub enum ClientCommand {
     /// List, show or export runs.
     #[command(subcommand)]
     Runs(runs::RunsCommand),
+    /// Print (or write) a run's epoch metrics as CSV, JSON or the MAE
+    /// log.txt (`--format mae-log`: the lines an import read, byte for byte).
+    Export(runs::ExportArgs),
+    /// Import folders of the official MAE output (log.txt, checkpoint-N.pth)
+    /// as runs, one per folder; importing a folder again adds nothing.
+    #[command(after_help = import::AFTER_HELP)]
+    Import(import::ImportArgs),
     /// Cancel a queued or running run.
     Cancel(runs::CancelArgs),
     /// Follow a run: one line per epoch and a progress bar, until it ends.
@@ -80,6 +89,8 @@ pub async fn run(command: ClientCommand) -> ExitCode {
     let result = match command {
         ClientCommand::Submit(a) => submit::run(a).await,
         ClientCommand::Runs(c) => runs::run(c).await,
+        ClientCommand::Export(a) => runs::export(a).await,
+        ClientCommand::Import(a) => import::run(a).await,
         ClientCommand::Cancel(a) => runs::cancel(a).await,
         ClientCommand::Watch(a) => watch::run(a).await,
         ClientCommand::Study(c) => study::run(c).await,

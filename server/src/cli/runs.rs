@@ -1,5 +1,6 @@
 //! `maelab runs list|show|export` and `maelab cancel`.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -15,7 +16,7 @@ pub enum RunsCommand {
     List(ListArgs),
     /// Show one run.
     Show(ShowArgs),
-    /// Print (or write) a run's epoch metrics as CSV or JSON.
+    /// Print (or write) a run's epoch metrics as CSV, JSON or the MAE log.txt.
     Export(ExportArgs),
 }
 
@@ -65,11 +66,21 @@ pub enum ExportFormat {
     Json,
 }
 
+/// What `runs export` (and `export`) write.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RunExportFormat {
+    Csv,
+    Json,
+    /// The official MAE log.txt: one JSON object per epoch, as Python's
+    /// `json.dumps` writes it.
+    MaeLog,
+}
+
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     pub run_id: String,
-    #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
-    pub format: ExportFormat,
+    #[arg(long, value_enum, default_value_t = RunExportFormat::Csv)]
+    pub format: RunExportFormat,
     /// Write here instead of standard output.
     #[arg(long, short)]
     pub output: Option<PathBuf>,
@@ -223,13 +234,30 @@ async fn show(a: ShowArgs) -> anyhow::Result<u8> {
     Ok(EXIT_OK)
 }
 
-async fn export(a: ExportArgs) -> anyhow::Result<u8> {
+pub async fn export(a: ExportArgs) -> anyhow::Result<u8> {
     let id = run_id(&a.run_id)?;
     let client = Client::new(&a.conn)?;
+    let format = match a.format {
+        RunExportFormat::Csv => ExportFormat::Csv,
+        RunExportFormat::Json => ExportFormat::Json,
+        RunExportFormat::MaeLog => {
+            let bytes = client
+                .get_bytes(&format!("/api/v1/runs/{id}/artifacts/log.txt"))
+                .await?;
+            match a.output {
+                Some(path) => std::fs::write(&path, bytes)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => std::io::stdout()
+                    .write_all(&bytes)
+                    .context("writing to standard output")?,
+            }
+            return Ok(EXIT_OK);
+        }
+    };
     let path = format!("/api/v1/runs/{id}/epochs");
     export_to(
         &client,
-        a.format,
+        format,
         &format!("{path}?format=csv"),
         &path,
         a.output,

@@ -170,15 +170,15 @@ mod tests {
     fn epoch(e: i32, acc1: Option<f64>) -> EpochRow {
         EpochRow {
             epoch: e,
-            train_lr: 0.1,
-            train_loss: 1.0,
+            train_lr: Some(0.1),
+            train_loss: Some(1.0),
             test_loss: None,
             test_acc1: acc1,
             test_acc5: None,
             n_parameters: None,
             psnr: None,
             hf_ratio: None,
-            epoch_seconds: 1.0,
+            epoch_seconds: Some(1.0),
             images_per_second: None,
             extra: serde_json::json!({}),
             recorded_at: chrono::Utc::now(),

@@ -40,23 +40,21 @@ pub fn bar(fraction: f64, width: usize) -> String {
     format!("[{}{}]", "#".repeat(full), ".".repeat(width - full))
 }
 
-/// One finished epoch, as `watch` prints it.
+/// One finished epoch, as `watch` prints it (what the run did not log is left out).
 pub fn epoch_line(e: &EpochRow) -> String {
-    let mut line = format!(
-        "epoch {:>4}  loss {:.4}  lr {:.2e}  {:.1}s",
-        e.epoch, e.train_loss, e.train_lr, e.epoch_seconds
-    );
-    if let Some(a) = e.test_acc1 {
-        line.push_str(&format!("  top-1 {a:.2}"));
-    }
-    if let Some(a) = e.test_acc5 {
-        line.push_str(&format!("  top-5 {a:.2}"));
-    }
-    if let Some(p) = e.psnr {
-        line.push_str(&format!("  psnr {p:.2}"));
-    }
-    if let Some(ips) = e.images_per_second {
-        line.push_str(&format!("  {ips:.0} img/s"));
+    let parts = [
+        e.train_loss.map(|l| format!("loss {l:.4}")),
+        e.train_lr.map(|lr| format!("lr {lr:.2e}")),
+        e.epoch_seconds.map(|s| format!("{s:.1}s")),
+        e.test_acc1.map(|a| format!("top-1 {a:.2}")),
+        e.test_acc5.map(|a| format!("top-5 {a:.2}")),
+        e.psnr.map(|p| format!("psnr {p:.2}")),
+        e.images_per_second.map(|ips| format!("{ips:.0} img/s")),
+    ];
+    let mut line = format!("epoch {:>4}", e.epoch);
+    for part in parts.into_iter().flatten() {
+        line.push_str("  ");
+        line.push_str(&part);
     }
     line
 }
@@ -245,7 +243,35 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::bar;
+    use super::{EpochRow, bar, epoch_line};
+
+    #[test]
+    fn epoch_lines_leave_out_what_the_run_did_not_log() {
+        let mut e = EpochRow {
+            epoch: 3,
+            train_lr: Some(1.5e-4),
+            train_loss: Some(0.61234),
+            test_loss: None,
+            test_acc1: Some(55.5),
+            test_acc5: None,
+            n_parameters: None,
+            psnr: None,
+            hf_ratio: None,
+            epoch_seconds: Some(12.34),
+            images_per_second: Some(4000.0),
+            extra: serde_json::json!({}),
+            recorded_at: chrono::Utc::now(),
+        };
+        assert_eq!(
+            epoch_line(&e),
+            "epoch    3  loss 0.6123  lr 1.50e-4  12.3s  top-1 55.50  4000 img/s"
+        );
+        (e.train_lr, e.epoch_seconds) = (None, None);
+        assert_eq!(
+            epoch_line(&e),
+            "epoch    3  loss 0.6123  top-1 55.50  4000 img/s"
+        );
+    }
 
     #[test]
     fn the_bar_fills_with_progress() {

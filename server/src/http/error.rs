@@ -31,6 +31,9 @@ pub enum AppError {
     /// 413.
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// 413: a batch with more items than a request may carry.
+    #[error("{0}")]
+    TooManyItems(String),
     /// 415.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -66,7 +69,7 @@ impl AppError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::PayloadTooLarge(_) | Self::TooManyItems(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -5,8 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::PgRow;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::ReadError;
@@ -15,7 +14,7 @@ use super::ReadError;
 pub const LOG_NAME: &str = "log.txt";
 
 /// One artifact without its bytes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct ArtifactInfo {
     /// None for the generated `log.txt`.
     pub artifact_id: Option<i64>,
@@ -30,8 +29,9 @@ pub struct ArtifactInfo {
 }
 
 /// One artifact with its bytes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ArtifactFile {
+    #[sqlx(flatten)]
     pub info: ArtifactInfo,
     pub bytes: Vec<u8>,
 }
@@ -49,18 +49,9 @@ pub fn valid_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
-fn info_from(r: &PgRow) -> Result<ArtifactInfo, sqlx::Error> {
-    Ok(ArtifactInfo {
-        artifact_id: Some(r.try_get("artifact_id")?),
-        kind: r.try_get("kind")?,
-        epoch: r.try_get("epoch")?,
-        name: r.try_get("name")?,
-        media_type: r.try_get("media_type")?,
-        size_bytes: Some(r.try_get("size_bytes")?),
-        sha256: Some(r.try_get("sha256")?),
-        created_at: Some(r.try_get("created_at")?),
-    })
-}
+/// The metadata columns of an artifact, for [`ArtifactInfo`].
+const INFO_COLUMNS: &str =
+    "artifact_id, kind, epoch, name, media_type, size_bytes, sha256, created_at";
 
 /// The stored artifacts of a run (kind, then epoch, then name), optionally of
 /// one kind, plus the generated `log.txt` when the run has epoch rows.
@@ -77,16 +68,14 @@ pub async fn list(
             format!("`{k}` is not one of reconstruction, checkpoint, log"),
         ));
     }
-    let rows = sqlx::query(
-        "select artifact_id, kind, epoch, name, media_type, size_bytes, sha256, created_at
-         from artifact where run_id = $1 and ($2::text is null or kind = $2)
-         order by kind, epoch nulls first, name",
-    )
+    let mut out = sqlx::query_as::<_, ArtifactInfo>(&format!(
+        "select {INFO_COLUMNS} from artifact where run_id = $1 and ($2::text is null or kind = $2)
+         order by kind, epoch nulls first, name"
+    ))
     .bind(run_id)
     .bind(kind)
     .fetch_all(pool)
     .await?;
-    let mut out = rows.iter().map(info_from).collect::<Result<Vec<_>, _>>()?;
     let has_log = out.iter().any(|a| a.name == LOG_NAME);
     if !has_log && kind.is_none_or(|k| k == "log") && has_epochs(pool, run_id).await? {
         out.push(generated_log_info(None));
@@ -129,19 +118,15 @@ pub async fn fetch(
             "an artifact name is 1-128 letters, digits, `.`, `_` or `-`, starting with a letter or digit",
         ));
     }
-    let row = sqlx::query(
-        "select artifact_id, kind, epoch, name, media_type, size_bytes, sha256, created_at, bytes
-         from artifact where run_id = $1 and name = $2",
-    )
+    let stored = sqlx::query_as::<_, ArtifactFile>(&format!(
+        "select {INFO_COLUMNS}, bytes from artifact where run_id = $1 and name = $2"
+    ))
     .bind(run_id)
     .bind(name)
     .fetch_optional(pool)
     .await?;
-    if let Some(r) = row {
-        return Ok(Some(ArtifactFile {
-            info: info_from(&r)?,
-            bytes: r.try_get("bytes")?,
-        }));
+    if stored.is_some() {
+        return Ok(stored);
     }
     if name != LOG_NAME {
         return Ok(None);
@@ -155,6 +140,61 @@ pub async fn fetch(
         info: generated_log_info(i64::try_from(bytes.len()).ok()),
         bytes,
     }))
+}
+
+/// Reconstruction images of a run with an id above `after` (none: all), in
+/// id order: the run and compare pages show them, the live streams resume
+/// after the last id they sent.
+pub async fn reconstructions(
+    pool: &PgPool,
+    run_id: Uuid,
+    after: Option<i64>,
+) -> Result<Vec<ArtifactInfo>, sqlx::Error> {
+    sqlx::query_as::<_, ArtifactInfo>(&format!(
+        "select {INFO_COLUMNS} from artifact
+         where run_id = $1 and kind = 'reconstruction' and ($2::bigint is null or artifact_id > $2)
+         order by artifact_id"
+    ))
+    .bind(run_id)
+    .bind(after)
+    .fetch_all(pool)
+    .await
+}
+
+/// A stored reconstruction or log of a run by id, with its bytes (what the
+/// run page links to); checkpoints are only downloaded through the API.
+pub async fn viewable(
+    pool: &PgPool,
+    run_id: Uuid,
+    artifact_id: i64,
+) -> Result<Option<ArtifactFile>, sqlx::Error> {
+    sqlx::query_as::<_, ArtifactFile>(&format!(
+        "select {INFO_COLUMNS}, bytes from artifact
+         where run_id = $1 and artifact_id = $2 and kind in ('reconstruction', 'log')"
+    ))
+    .bind(run_id)
+    .bind(artifact_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The newest log a run stored (the trainer's own `log.txt`), with its bytes.
+pub async fn stored_log(pool: &PgPool, run_id: Uuid) -> Result<Option<ArtifactFile>, sqlx::Error> {
+    sqlx::query_as::<_, ArtifactFile>(&format!(
+        "select {INFO_COLUMNS}, bytes from artifact
+         where run_id = $1 and kind = 'log' order by created_at desc limit 1"
+    ))
+    .bind(run_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Whether a run stored a log.
+pub async fn has_stored_log(pool: &PgPool, run_id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("select exists (select 1 from artifact where run_id = $1 and kind = 'log')")
+        .bind(run_id)
+        .fetch_one(pool)
+        .await
 }
 
 #[cfg(test)]

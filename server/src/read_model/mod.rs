@@ -8,6 +8,7 @@
 
 pub mod artifacts;
 pub mod metrics;
+pub mod points;
 pub mod queue;
 pub mod run_list_cache;
 pub mod runs;

@@ -5,8 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::PgRow;
-use sqlx::{PgPool, Row};
+use sqlx::{FromRow, PgPool, Row};
 use uuid::Uuid;
 
 use super::{MODELS, RUN_KINDS, RUN_STATUSES, ReadError};
@@ -97,7 +96,7 @@ impl RunSort {
             Self::BestAcc5 => "best_acc5",
             Self::LastLoss => "last_loss",
             Self::Duration => "extract(epoch from (coalesce(finished_at, now()) - started_at))",
-            Self::Worker => "worker_name",
+            Self::Worker => "worker",
             Self::StartedAt => "started_at",
             Self::FinishedAt => "finished_at",
         }
@@ -136,8 +135,9 @@ pub struct RunFilter {
     pub offset: Option<i64>,
 }
 
-/// One row of a run list.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One row of a run list; also the row the live streams send when a run
+/// appears or changes status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, FromRow)]
 pub struct RunSummary {
     pub run_id: Uuid,
     pub name: String,
@@ -153,8 +153,15 @@ pub struct RunSummary {
     pub best_acc5: Option<f64>,
     /// Training loss of the newest epoch row.
     pub last_loss: Option<f64>,
+    /// Sum of the epochs' `epoch_seconds` (time spent training, without
+    /// start-up and evaluation gaps).
+    pub train_seconds: Option<f64>,
+    /// Mean of the epochs' `images_per_second`.
+    pub mean_images_per_second: Option<f64>,
+    /// Trainable parameters: as configured, else as the epochs reported.
     pub n_parameters: Option<i64>,
     /// Seconds from start to finish (to now while running); None until started.
+    #[sqlx(skip)]
     pub duration_seconds: Option<f64>,
     /// Name of the worker holding (or that last held) the run's job.
     pub worker: Option<String>,
@@ -177,9 +184,10 @@ pub struct RunPage {
 }
 
 /// A run with everything its page shows above the charts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, FromRow)]
 pub struct RunDetail {
     #[serde(flatten)]
+    #[sqlx(flatten)]
     pub summary: RunSummary,
     /// The resolved, validated config the worker trains.
     pub config: serde_json::Value,
@@ -199,44 +207,16 @@ pub struct RunDetail {
 /// The columns of a run list row; `r`, `j` and `w` are joined below.
 const SUMMARY_SELECT: &str = "
     select r.run_id, r.name, r.kind::text as kind, r.model, r.preset, r.status::text as status,
-           r.tags, r.epochs_total, r.n_parameters, r.error, r.created_by, r.parent_run_id,
-           r.parent_epoch, r.created_at, r.started_at, r.finished_at,
-           r.epochs_done::bigint as epochs_done, r.best_acc1, r.best_acc5,
-           r.last_train_loss as last_loss,
-           w.name as worker_name,
+           r.tags, r.epochs_total, coalesce(r.n_parameters, r.epoch_n_parameters) as n_parameters,
+           r.error, r.created_by, r.parent_run_id, r.parent_epoch, r.created_at, r.started_at,
+           r.finished_at, r.epochs_done::bigint as epochs_done, r.best_acc1, r.best_acc5,
+           r.last_train_loss as last_loss, r.train_seconds, r.mean_images_per_second,
+           w.name as worker,
            j.job_id, j.state::text as job_state, j.attempt, j.max_attempts, j.cancel_requested,
            j.worker_id, j.heartbeat_at, j.checkpoint_epoch, j.priority, j.enqueued_at
     from run r
     left join job j on j.run_id = r.run_id
     left join worker w on w.worker_id = j.worker_id";
-
-fn summary_from(row: &PgRow) -> Result<RunSummary, sqlx::Error> {
-    Ok(RunSummary {
-        run_id: row.try_get("run_id")?,
-        name: row.try_get("name")?,
-        kind: row.try_get("kind")?,
-        model: row.try_get("model")?,
-        preset: row.try_get("preset")?,
-        status: row.try_get("status")?,
-        tags: row.try_get("tags")?,
-        epochs_done: row.try_get("epochs_done")?,
-        epochs_total: row.try_get("epochs_total")?,
-        best_acc1: row.try_get("best_acc1")?,
-        best_acc5: row.try_get("best_acc5")?,
-        last_loss: row.try_get("last_loss")?,
-        n_parameters: row.try_get("n_parameters")?,
-        duration_seconds: None,
-        worker: row.try_get("worker_name")?,
-        error: row.try_get("error")?,
-        created_by: row.try_get("created_by")?,
-        parent_run_id: row.try_get("parent_run_id")?,
-        parent_epoch: row.try_get("parent_epoch")?,
-        created_at: row.try_get("created_at")?,
-        started_at: row.try_get("started_at")?,
-        finished_at: row.try_get("finished_at")?,
-    }
-    .with_duration())
-}
 
 impl RunSummary {
     /// Sets `duration_seconds` from the start and finish times, up to now for a
@@ -364,7 +344,7 @@ pub async fn list_runs(pool: &PgPool, filter: &RunFilter) -> Result<RunPage, Rea
     };
     let runs = rows
         .iter()
-        .map(summary_from)
+        .map(|row| RunSummary::from_row(row).map(RunSummary::with_duration))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(RunPage {
         runs,
@@ -396,21 +376,23 @@ pub async fn get_run(pool: &PgPool, run_id: Uuid) -> Result<Option<RunDetail>, R
                 ) end as queue_position
          from ({SUMMARY_SELECT} where r.run_id = $1) s join run r2 using (run_id)"
     );
-    let row = sqlx::query(&sql).bind(run_id).fetch_optional(pool).await?;
-    let Some(row) = row else { return Ok(None) };
-    Ok(Some(RunDetail {
-        summary: summary_from(&row)?,
-        config: row.try_get("config")?,
-        job_id: row.try_get("job_id")?,
-        job_state: row.try_get("job_state")?,
-        attempt: row.try_get("attempt")?,
-        max_attempts: row.try_get("max_attempts")?,
-        cancel_requested: row.try_get("cancel_requested")?,
-        worker_id: row.try_get("worker_id")?,
-        heartbeat_at: row.try_get("heartbeat_at")?,
-        checkpoint_epoch: row.try_get("checkpoint_epoch")?,
-        queue_position: row.try_get("queue_position")?,
+    let detail = sqlx::query_as::<_, RunDetail>(&sql)
+        .bind(run_id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(detail.map(|mut d| {
+        d.summary.set_duration();
+        d
     }))
+}
+
+/// One run's list row, or None (what the live hub sends when a run changes).
+pub async fn summary(pool: &PgPool, run_id: Uuid) -> Result<Option<RunSummary>, sqlx::Error> {
+    let row = sqlx::query_as::<_, RunSummary>(&format!("{SUMMARY_SELECT} where r.run_id = $1"))
+        .bind(run_id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.map(RunSummary::with_duration))
 }
 
 /// Whether a run with this id exists (metric and artifact reads answer 404
@@ -442,6 +424,8 @@ mod tests {
             best_acc1: None,
             best_acc5: None,
             last_loss: None,
+            train_seconds: None,
+            mean_images_per_second: None,
             n_parameters: None,
             duration_seconds: None,
             worker: None,

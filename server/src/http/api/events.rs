@@ -9,12 +9,10 @@
 //!
 //! The stream follows the server's one LISTEN hub ([`crate::live`]), like the
 //! run page: no timer. It subscribes before it reads the history, then wakes
-//! on the hub's events for its run. Status changes come straight from the
-//! hub's row; a new epoch is read from the table after the stream's cursor
-//! (one indexed query per client and epoch), because the API's epoch row
-//! carries `extra` and `recorded_at`, which the page rows the hub broadcasts
-//! do not. A lagged receiver or a hub resync reads what it missed, as a page
-//! does.
+//! on the hub's events for its run. The hub broadcasts the read model's rows,
+//! so status changes and the next epoch are sent as the hub read them; an
+//! epoch past the next one (a gap), a lagged receiver or a hub resync reads
+//! what it missed from the tables, as a page does.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -32,7 +30,7 @@ use super::paths::RunPath;
 use crate::auth::ReadAccess;
 use crate::http::{AppError, AppState};
 use crate::live::LiveEvent;
-use crate::read_model::metrics;
+use crate::read_model::metrics::{self, EpochRow};
 
 struct Follow {
     db: PgPool,
@@ -54,6 +52,17 @@ fn terminal(status: &str) -> bool {
 }
 
 impl Follow {
+    fn push_epoch(&mut self, row: &EpochRow) {
+        self.last_epoch = Some(row.epoch);
+        if let Ok(ev) = Event::default()
+            .event("epoch")
+            .id(row.epoch.to_string())
+            .json_data(row)
+        {
+            self.pending.push_back(ev);
+        }
+    }
+
     fn push_status(&mut self, status: &str) {
         if self.last_status.as_deref() == Some(status) {
             return;
@@ -74,10 +83,13 @@ impl Follow {
                 self.look_again = true;
             }
             LiveEvent::Run(run) if run.run_id == self.run_id => self.push_status(&run.status),
-            LiveEvent::Epoch(row)
-                if row.run_id == self.run_id && Some(row.epoch) > self.last_epoch =>
-            {
-                self.look_again = true;
+            LiveEvent::Epoch(e) if e.run_id == self.run_id => {
+                let next = self.last_epoch.map_or(0, |last| last + 1);
+                if e.row.epoch == next {
+                    self.push_epoch(&e.row);
+                } else if e.row.epoch > next {
+                    self.look_again = true;
+                }
             }
             LiveEvent::Resync => self.look_again = true,
             _ => {}
@@ -95,15 +107,8 @@ impl Follow {
         let epochs = metrics::epochs(&self.db, self.run_id, self.last_epoch).await;
         match (status, epochs) {
             (Ok(Some(status)), Ok(rows)) => {
-                for row in rows {
-                    self.last_epoch = Some(row.epoch);
-                    if let Ok(ev) = Event::default()
-                        .event("epoch")
-                        .id(row.epoch.to_string())
-                        .json_data(&row)
-                    {
-                        self.pending.push_back(ev);
-                    }
+                for row in &rows {
+                    self.push_epoch(row);
                 }
                 self.push_status(&status);
                 self.finished = terminal(&status);
@@ -113,14 +118,10 @@ impl Follow {
                     .push_back(Event::default().event("error").data("run deleted"));
                 self.finished = true;
             }
-            (Err(e), _) | (_, Err(crate::read_model::ReadError::Db(e))) => {
+            (Err(e), _) | (_, Err(e)) => {
                 tracing::warn!(error = %e, run_id = %self.run_id, "event stream: database error");
                 self.pending
                     .push_back(Event::default().event("error").data("database unavailable"));
-                self.finished = true;
-            }
-            (_, Err(e)) => {
-                tracing::warn!(error = %e, "event stream");
                 self.finished = true;
             }
         }

@@ -9,6 +9,7 @@
 pub mod artifacts;
 pub mod events;
 pub mod extract;
+pub mod ingest;
 pub mod metrics;
 pub mod openapi;
 pub mod paths;
@@ -39,6 +40,7 @@ impl From<ReadError> for AppError {
 pub enum Verb {
     Get,
     Post,
+    Put,
 }
 
 impl Verb {
@@ -46,12 +48,14 @@ impl Verb {
         match self {
             Self::Get => MethodFilter::GET,
             Self::Post => MethodFilter::POST,
+            Self::Put => MethodFilter::PUT,
         }
     }
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Get => "get",
             Self::Post => "post",
+            Self::Put => "put",
         }
     }
 }
@@ -496,9 +500,128 @@ pub static STUDY_ROUTES: &[ApiRoute] = &[
     },
 ];
 
-/// Every documented endpoint: runs and the rest, then studies.
+/// Runs trained anywhere (issue 12, docs/ingest.md).
+pub static INGEST_ROUTES: &[ApiRoute] = &[
+    ApiRoute {
+        verb: Verb::Post,
+        path: "/api/v1/runs/external",
+        operation_id: "createExternalRun",
+        summary: "Create a run that no worker trains; idempotent per token with client_run_id (201 new, 200 found).",
+        write: true,
+        query: &[],
+        body: Some(|| s_ref("ExternalRunInput")),
+        ok: (201, "application/json", || s_ref("RunDetail")),
+        errors: &[403, 413, 415, 422],
+        handler: |m| on(m, ingest::create),
+    },
+    ApiRoute {
+        verb: Verb::Post,
+        path: "/api/v1/runs/{run_id}/metrics",
+        operation_id: "logMetrics",
+        summary: "A batch of 1-1000 points {key, step, value, wall_time?}, upserted on (run, key, step) in one transaction.",
+        write: true,
+        query: &[],
+        body: Some(|| s_ref("MetricBatch")),
+        ok: (
+            200,
+            "application/json",
+            || json!({"type": "object", "properties": {"accepted": {"type": "integer"}}}),
+        ),
+        errors: &[403, 404, 409, 413, 415, 422],
+        handler: |m| on(m, ingest::metrics),
+    },
+    ApiRoute {
+        verb: Verb::Get,
+        path: "/api/v1/runs/{run_id}/metrics",
+        operation_id: "getMetrics",
+        summary: "The run's metric keys (grouped by prefix), or with key=K that key's points by step.",
+        write: false,
+        query: &[
+            QueryParam {
+                name: "key",
+                schema: || json!({"type": "string", "minLength": 1, "maxLength": 250}),
+                description: "The key whose history to read; none lists the keys.",
+            },
+            QueryParam {
+                name: "after",
+                schema: || s_range(-1, i64::MAX),
+                description: "Only steps after this one.",
+            },
+            QueryParam {
+                name: "limit",
+                schema: || s_range(1, 100_000),
+                description: "At most this many points (default and most 100000).",
+            },
+        ],
+        body: None,
+        ok: (
+            200,
+            "application/json",
+            || json!({"type": "array", "items": {"type": "object"}}),
+        ),
+        errors: &[404],
+        handler: |m| on(m, ingest::points),
+    },
+    ApiRoute {
+        verb: Verb::Put,
+        path: "/api/v1/runs/{run_id}/artifacts/{name}",
+        operation_id: "uploadArtifact",
+        summary: "Upload an artifact (streamed body, stored only when its sha256 matches); reconstructions show on the run page.",
+        write: true,
+        query: &[
+            QueryParam {
+                name: "sha256",
+                schema: || json!({"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}),
+                description: "Hex sha256 of the body (required).",
+            },
+            QueryParam {
+                name: "kind",
+                schema: || s_enum(&["reconstruction", "checkpoint", "log", "file"]),
+                description: "What it is (default file).",
+            },
+            QueryParam {
+                name: "epoch",
+                schema: || s_range(0, 2_147_483_647),
+                description: "The epoch it belongs to.",
+            },
+        ],
+        body: None,
+        ok: (201, "application/json", || s_ref("ArtifactInfo")),
+        errors: &[403, 404, 409, 413, 422],
+        handler: |m| on(m, ingest::upload),
+    },
+    ApiRoute {
+        verb: Verb::Post,
+        path: "/api/v1/runs/{run_id}/heartbeat",
+        operation_id: "heartbeatRun",
+        summary: "An external run is alive (a lost one runs again).",
+        write: true,
+        query: &[],
+        body: None,
+        ok: (200, "application/json", || json!({"type": "object"})),
+        errors: &[403, 404, 409],
+        handler: |m| on(m, ingest::heartbeat),
+    },
+    ApiRoute {
+        verb: Verb::Post,
+        path: "/api/v1/runs/{run_id}/finish",
+        operation_id: "finishRun",
+        summary: "End an external run: succeeded, or failed with a reason. The same finish again is harmless.",
+        write: true,
+        query: &[],
+        body: Some(|| s_ref("FinishRun")),
+        ok: (200, "application/json", || s_ref("RunDetail")),
+        errors: &[403, 404, 409, 415, 422],
+        handler: |m| on(m, ingest::finish),
+    },
+];
+
+/// Every documented endpoint: runs and the rest, then studies, then ingest.
 pub fn all_routes() -> impl Iterator<Item = &'static ApiRoute> {
-    ROUTES.iter().chain(STUDY_ROUTES.iter())
+    ROUTES
+        .iter()
+        .chain(STUDY_ROUTES.iter())
+        .chain(INGEST_ROUTES.iter())
 }
 
 /// Answer for any other path under `/api/v1`: a JSON 404, not an empty page.

@@ -144,6 +144,49 @@ fn schemas() -> Value {
         "StudyDetail": object("A study: arms, calibration, chains with their runs and values, and the results (mean, 95% bootstrap CI, difference to the baseline, Welch p, probability of improvement, verdicts)."),
         "StudyCancelled": object("Jobs cancelled at once and jobs told to stop."),
         "StudyRetried": object("Runs, finetunes and calibrations put back on the queue."),
+        "ExternalRunInput": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "minLength": 1, "maxLength": 200},
+                "tags": {"type": "array", "maxItems": 20, "items": {"type": "string", "minLength": 1, "maxLength": 50}},
+                "config": {"type": "object", "additionalProperties": true, "nullable": true},
+                "kind": {"type": "string", "enum": ["pretrain", "finetune"], "nullable": true},
+                "model": {"type": "string", "minLength": 1, "maxLength": 100, "nullable": true},
+                "client_run_id": {"type": "string", "minLength": 1, "maxLength": 200, "nullable": true},
+                "lost_after_seconds": {"type": "integer", "minimum": 10, "maximum": 604800, "nullable": true},
+                "parent_run": {"type": "string", "format": "uuid", "nullable": true},
+            },
+        },
+        "MetricBatch": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["points"],
+            "properties": {"points": {
+                "type": "array", "minItems": 1, "maxItems": maelab_core::db::ingest::MAX_POINTS,
+                "items": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["key", "step", "value"],
+                    "properties": {
+                        "key": {"type": "string", "minLength": 1, "maxLength": maelab_core::db::ingest::MAX_KEY_CHARS},
+                        "step": {"type": "integer", "minimum": 0, "maximum": maelab_core::db::ingest::MAX_STEP},
+                        "value": {"type": "number"},
+                        "wall_time": {"type": "number", "nullable": true},
+                    },
+                },
+            }},
+        },
+        "FinishRun": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["status"],
+            "properties": {
+                "status": {"type": "string", "enum": ["succeeded", "failed"]},
+                "reason": {"type": "string", "maxLength": 2000, "nullable": true},
+            },
+        },
     })
 }
 

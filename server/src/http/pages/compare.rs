@@ -10,22 +10,26 @@ use axum::routing::get;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::rows::{self, RUN_ROW_SELECT, ReconRow, RunRow};
 use super::run::EpochColumns;
 use super::{PageError, Reader, human_duration, render};
 use crate::http::AppState;
+use crate::read_model::artifacts::{self, ArtifactInfo};
+use crate::read_model::{RunFilter, RunSummary, metrics, runs};
 
 /// Most runs one comparison overlays.
 const MAX_RUNS: usize = 12;
+
+/// Runs offered to pick from (the newest).
+const CHOICES: i64 = 200;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/compare", get(show))
 }
 
 pub struct Column {
-    pub run: RunRow,
+    pub run: RunSummary,
     pub training_time: String,
-    pub recons: Vec<ReconRow>,
+    pub recons: Vec<ArtifactInfo>,
 }
 
 #[derive(Serialize)]
@@ -38,7 +42,7 @@ struct Series<'a> {
 #[derive(Template)]
 #[template(path = "compare.html")]
 struct ComparePage {
-    choices: Vec<(RunRow, bool)>,
+    choices: Vec<(RunSummary, bool)>,
     columns: Vec<Column>,
     epoch: Option<i32>,
     epochs: Vec<i32>,
@@ -65,19 +69,23 @@ async fn show(
         .iter()
         .find(|(k, _)| k == "epoch")
         .and_then(|(_, v)| v.parse().ok());
-    let recent = sqlx::query_as::<_, RunRow>(&format!(
-        "{RUN_ROW_SELECT} order by r.created_at desc limit 200"
-    ))
-    .fetch_all(db)
-    .await?;
+    let recent = runs::list_runs(
+        db,
+        &RunFilter {
+            limit: Some(CHOICES),
+            ..RunFilter::default()
+        },
+    )
+    .await?
+    .runs;
     let mut columns = Vec::new();
     let mut series = Vec::new();
     for id in &picked {
-        let run = rows::run_row(db, *id)
+        let run = runs::summary(db, *id)
             .await?
             .ok_or_else(|| PageError::NotFound(format!("run {id}")))?;
-        let epochs = rows::epochs_after(db, *id, -1).await?;
-        let recons = rows::recons_after(db, *id, -1).await?;
+        let epochs = metrics::epochs(db, *id, None).await?;
+        let recons = artifacts::reconstructions(db, *id, None).await?;
         series.push((
             run.run_id,
             run.name.clone(),

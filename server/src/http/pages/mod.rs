@@ -7,7 +7,6 @@ mod form;
 mod new_run;
 mod new_study;
 mod queue;
-pub(crate) mod rows;
 mod run;
 mod runs;
 mod signin;
@@ -63,6 +62,16 @@ pub enum PageError {
     Db(#[from] sqlx::Error),
     #[error("template error: {0}")]
     Render(#[from] askama::Error),
+}
+
+impl From<crate::read_model::ReadError> for PageError {
+    fn from(e: crate::read_model::ReadError) -> Self {
+        use crate::read_model::ReadError;
+        match e {
+            ReadError::Invalid { .. } => Self::BadRequest(e.to_string()),
+            ReadError::Db(e) => Self::Db(e),
+        }
+    }
 }
 
 impl From<maelab_core::db::runs::RunError> for PageError {

@@ -11,15 +11,17 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maelab_core::db::runs;
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 use uuid::Uuid;
 
-use super::rows::{self, EpochRow, ReconRow, RunRow, StepRow};
 use super::{PageError, Reader, csrf_value, human_duration, render};
 use crate::auth::extract::CsrfForm;
 use crate::http::AppError;
 use crate::http::AppState;
 use crate::live::{self, Cursor};
+use crate::read_model::artifacts::{self, ArtifactFile, ArtifactInfo};
+use crate::read_model::metrics::{self, EpochRow, StepRow};
+use crate::read_model::runs::run_exists;
+use crate::read_model::{self, RunSummary};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -46,14 +48,14 @@ pub(crate) fn parse_id(text: &str) -> Result<Uuid, PageError> {
 #[derive(Debug, Default, Serialize)]
 pub struct EpochColumns {
     pub epoch: Vec<i32>,
-    pub train_loss: Vec<f64>,
-    pub train_lr: Vec<f64>,
+    pub train_loss: Vec<Option<f64>>,
+    pub train_lr: Vec<Option<f64>>,
     pub test_loss: Vec<Option<f64>>,
     pub test_acc1: Vec<Option<f64>>,
     pub test_acc5: Vec<Option<f64>>,
     pub psnr: Vec<Option<f64>>,
     pub hf_ratio: Vec<Option<f64>>,
-    pub epoch_seconds: Vec<f64>,
+    pub epoch_seconds: Vec<Option<f64>>,
     pub images_per_second: Vec<Option<f64>>,
 }
 
@@ -113,13 +115,13 @@ struct History<'a> {
     images_per_epoch: u64,
     epochs: EpochColumns,
     steps: StepColumns,
-    recons: &'a [ReconRow],
+    recons: &'a [ArtifactInfo],
 }
 
 #[derive(Template)]
 #[template(path = "run.html")]
 struct RunPage {
-    run: RunRow,
+    run: RunSummary,
     duration: String,
     config_json: String,
     parent: Option<(Uuid, Option<i32>)>,
@@ -143,27 +145,19 @@ async fn show(
 ) -> Result<Response, PageError> {
     let run_id = parse_id(&id)?;
     let db = &state.db;
-    let view = runs::get_run(db, run_id)
+    let view = read_model::runs::get_run(db, run_id)
         .await?
         .ok_or_else(|| PageError::NotFound(format!("run {run_id}")))?;
-    let run = rows::run_row(db, run_id)
-        .await?
-        .ok_or_else(|| PageError::NotFound(format!("run {run_id}")))?;
-    let epochs = rows::epochs_after(db, run_id, -1).await?;
-    let steps = rows::all_steps_after(db, run_id, -1).await?;
-    let recons = rows::recons_after(db, run_id, -1).await?;
-    let has_log: bool = sqlx::query(
-        "select exists(select 1 from artifact where run_id = $1 and kind = 'log') as has",
-    )
-    .bind(run_id)
-    .fetch_one(db)
-    .await?
-    .try_get("has")?;
+    let epochs = metrics::epochs(db, run_id, None).await?;
+    let steps = metrics::all_steps(db, run_id, None).await?;
+    let recons = artifacts::reconstructions(db, run_id, None).await?;
+    let has_log = artifacts::has_stored_log(db, run_id).await?;
     let cursor = Cursor {
         epoch: epochs.last().map_or(-1, |e| e.epoch),
         step: steps.last().map_or(-1, |s| s.step),
-        recon: recons.last().map_or(-1, |r| r.artifact_id),
+        recon: recons.last().and_then(|r| r.artifact_id).unwrap_or(-1),
     };
+    let run = &view.summary;
     let images_per_epoch = view
         .config
         .get("train_subset")
@@ -185,11 +179,11 @@ async fn show(
     let active = matches!(run.status.as_str(), "queued" | "running");
     render(&RunPage {
         duration: run
-            .duration_seconds()
-            .map(human_duration)
+            .duration_seconds
+            .map(|s| human_duration(s as i64))
             .unwrap_or_default(),
         config_json,
-        parent: view.parent_run_id.map(|p| (p, view.parent_epoch)),
+        parent: run.parent_run_id.map(|p| (p, run.parent_epoch)),
         cancel_requested: view.cancel_requested.unwrap_or(false),
         attempt: view.attempt,
         history_json,
@@ -198,9 +192,10 @@ async fn show(
         has_log,
         last_epoch_seconds: epochs
             .last()
-            .map(|e| human_duration(e.epoch_seconds.round() as i64)),
+            .and_then(|e| e.epoch_seconds)
+            .map(|s| human_duration(s.round() as i64)),
         csrf: csrf_value(&headers),
-        run,
+        run: view.summary,
     })
 }
 
@@ -219,11 +214,7 @@ async fn events(
     headers: HeaderMap,
 ) -> Result<Response, PageError> {
     let run_id = parse_id(&id)?;
-    let exists: bool = sqlx::query_scalar("select exists(select 1 from run where run_id = $1)")
-        .bind(run_id)
-        .fetch_one(&state.db)
-        .await?;
-    if !exists {
+    if !run_exists(&state.db, run_id).await? {
         return Err(PageError::NotFound(format!("run {run_id}")));
     }
     let cursor = headers
@@ -245,16 +236,10 @@ async fn artifact(
     let run_id = parse_id(&id)?;
     let missing = || PageError::NotFound(format!("artifact {artifact_id} of run {run_id}"));
     let artifact_id: i64 = artifact_id.parse().map_err(|_| missing())?;
-    let row = sqlx::query(
-        "select media_type, sha256, bytes from artifact
-         where run_id = $1 and artifact_id = $2 and kind in ('reconstruction', 'log')",
-    )
-    .bind(run_id)
-    .bind(artifact_id)
-    .fetch_optional(&state.db)
-    .await?
-    .ok_or_else(missing)?;
-    send_artifact(&row, &headers, None)
+    let file = artifacts::viewable(&state.db, run_id, artifact_id)
+        .await?
+        .ok_or_else(missing)?;
+    send_artifact(file, &headers, None)
 }
 
 /// The run's log.txt, as a download.
@@ -264,25 +249,18 @@ async fn log(
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
     let run_id = parse_id(&id)?;
-    let row = sqlx::query(
-        "select media_type, sha256, bytes from artifact
-         where run_id = $1 and kind = 'log' order by created_at desc limit 1",
-    )
-    .bind(run_id)
-    .fetch_optional(&state.db)
-    .await?
-    .ok_or_else(|| PageError::NotFound(format!("the log of run {run_id}")))?;
-    send_artifact(&row, &HeaderMap::new(), Some("log.txt"))
+    let file = artifacts::stored_log(&state.db, run_id)
+        .await?
+        .ok_or_else(|| PageError::NotFound(format!("the log of run {run_id}")))?;
+    send_artifact(file, &HeaderMap::new(), Some("log.txt"))
 }
 
 fn send_artifact(
-    row: &sqlx::postgres::PgRow,
+    file: ArtifactFile,
     headers: &HeaderMap,
     download_as: Option<&str>,
 ) -> Result<Response, PageError> {
-    let media_type: String = row.try_get("media_type")?;
-    let sha: String = row.try_get("sha256")?;
-    let etag = format!("\"{sha}\"");
+    let etag = format!("\"{}\"", file.info.sha256.unwrap_or_default());
     if headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -290,9 +268,8 @@ fn send_artifact(
     {
         return Ok(StatusCode::NOT_MODIFIED.into_response());
     }
-    let bytes: Vec<u8> = row.try_get("bytes")?;
     let mut builder = Response::builder()
-        .header(header::CONTENT_TYPE, media_type)
+        .header(header::CONTENT_TYPE, file.info.media_type)
         .header(header::ETAG, etag)
         .header(header::CACHE_CONTROL, "no-cache")
         .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
@@ -303,7 +280,7 @@ fn send_artifact(
         );
     }
     builder
-        .body(Body::from(bytes))
+        .body(Body::from(file.bytes))
         .map_err(|e| PageError::BadRequest(e.to_string()))
 }
 

@@ -8,9 +8,10 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
-use super::rows::{RUN_ROW_SELECT, RunRow, run_row_select_from};
 use super::{PageError, Reader, human_duration, render};
 use crate::http::AppState;
+use crate::read_model::runs::list_runs;
+use crate::read_model::{RunFilter, RunSort, RunSummary, SortOrder};
 
 /// Rows per page.
 pub const PAGE_SIZE: i64 = 50;
@@ -36,22 +37,18 @@ pub struct ListQuery {
     pub page: Option<i64>,
 }
 
-/// Sortable columns: the URL name, the header and the SQL it sorts by.
-const COLUMNS: [(&str, &str, &str); 10] = [
-    ("status", "Status", "r.status::text"),
-    ("name", "Name", "r.name"),
-    ("model", "Model", "r.model"),
-    ("kind", "Kind", "r.kind::text"),
-    ("preset", "Preset", "r.preset"),
-    ("epochs", "Epochs", "r.epochs_done"),
-    ("top1", "Best top-1", "r.best_acc1"),
-    ("loss", "Last loss", "r.last_train_loss"),
-    (
-        "duration",
-        "Duration",
-        "coalesce(r.finished_at, now()) - r.started_at",
-    ),
-    ("worker", "Worker", "w.name"),
+/// Sortable columns: the URL name, the header and the read model's sort key.
+const COLUMNS: [(&str, &str, RunSort); 10] = [
+    ("status", "Status", RunSort::Status),
+    ("name", "Name", RunSort::Name),
+    ("model", "Model", RunSort::Model),
+    ("kind", "Kind", RunSort::Kind),
+    ("preset", "Preset", RunSort::Preset),
+    ("epochs", "Epochs", RunSort::EpochsDone),
+    ("top1", "Best top-1", RunSort::BestAcc1),
+    ("loss", "Last loss", RunSort::LastLoss),
+    ("duration", "Duration", RunSort::Duration),
+    ("worker", "Worker", RunSort::Worker),
 ];
 
 /// A column header: its label, the link that sorts by it, and the arrow.
@@ -63,7 +60,7 @@ pub struct Header {
 
 /// A row as the template prints it.
 pub struct Line {
-    pub run: RunRow,
+    pub run: RunSummary,
     pub duration: String,
 }
 
@@ -90,61 +87,33 @@ fn href(q: &ListQuery) -> String {
     }
 }
 
-/// `%` and `_` match themselves in a search.
-fn like_pattern(text: &str) -> String {
-    let escaped = text
-        .replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_");
-    format!("%{escaped}%")
-}
-
-/// One page of runs and the number of runs that match.
-pub async fn query_runs(
-    db: &sqlx::PgPool,
-    q: &ListQuery,
-    page: i64,
-) -> Result<(Vec<RunRow>, i64), sqlx::Error> {
-    let order = COLUMNS
-        .iter()
-        .find(|(name, _, _)| *name == q.sort)
-        .map_or("r.created_at", |(_, _, sql)| sql);
-    let dir = if q.dir == "asc" { "asc" } else { "desc" };
-    let filter = "where ($1 = '' or r.status::text = $1) and ($2 = '' or r.model = $2)
-          and ($3 = '' or r.kind::text = $3) and ($4 = '' or $4 = any(r.tags))
-          and ($5 = '' or r.name ilike $6 or starts_with(r.run_id::text, lower($5))
-               or r.preset ilike $6)";
-    let order_by = format!("order by {order} {dir} nulls last, r.created_at desc, r.run_id");
-    // Sorted by a column of `run` itself (epoch summaries included): page
-    // first, join 50 runs with their job and worker after.
-    let sql = if order.contains("w.") {
-        format!("{RUN_ROW_SELECT} {filter} {order_by} limit $7 offset $8")
-    } else {
-        let page = format!("(select * from run r {filter} {order_by} limit $7 offset $8)");
-        format!("{} {order_by}", run_row_select_from(&page))
-    };
-    let pattern = like_pattern(q.q.trim());
-    let rows = sqlx::query_as::<_, RunRow>(&sql)
-        .bind(&q.status)
-        .bind(&q.model)
-        .bind(&q.kind)
-        .bind(&q.tag)
-        .bind(q.q.trim())
-        .bind(&pattern)
-        .bind(PAGE_SIZE)
-        .bind((page - 1) * PAGE_SIZE)
-        .fetch_all(db)
-        .await?;
-    let total: i64 = sqlx::query_scalar(&format!("select count(*) from run r {filter}"))
-        .bind(&q.status)
-        .bind(&q.model)
-        .bind(&q.kind)
-        .bind(&q.tag)
-        .bind(q.q.trim())
-        .bind(&pattern)
-        .fetch_one(db)
-        .await?;
-    Ok((rows, total))
+impl ListQuery {
+    /// The read model's filter for page `page` (1-based) of this query; empty
+    /// fields filter nothing, an unknown sort column sorts newest first.
+    fn filter(&self, page: i64) -> RunFilter {
+        let text = |s: &str| {
+            let s = s.trim();
+            (!s.is_empty()).then(|| s.to_string())
+        };
+        RunFilter {
+            status: text(&self.status),
+            model: text(&self.model),
+            kind: text(&self.kind),
+            tag: text(&self.tag),
+            q: text(&self.q),
+            sort: COLUMNS
+                .iter()
+                .find(|(name, _, _)| *name == self.sort)
+                .map(|(_, _, sort)| *sort),
+            order: Some(if self.dir == "asc" {
+                SortOrder::Asc
+            } else {
+                SortOrder::Desc
+            }),
+            limit: Some(PAGE_SIZE),
+            offset: Some((page - 1).saturating_mul(PAGE_SIZE)),
+        }
+    }
 }
 
 async fn list(
@@ -153,7 +122,8 @@ async fn list(
     Query(query): Query<ListQuery>,
 ) -> Result<Response, PageError> {
     let page = query.page.unwrap_or(1).max(1);
-    let (runs, total) = query_runs(&state.db, &query, page).await?;
+    let found = list_runs(&state.db, &query.filter(page)).await?;
+    let (runs, total) = (found.runs, found.total);
     let pages = ((total + PAGE_SIZE - 1) / PAGE_SIZE).max(1);
     let headers = COLUMNS
         .iter()
@@ -194,8 +164,8 @@ async fn list(
         .into_iter()
         .map(|run| Line {
             duration: run
-                .duration_seconds()
-                .map(human_duration)
+                .duration_seconds
+                .map(|s| human_duration(s as i64))
                 .unwrap_or_default(),
             run,
         })
@@ -220,10 +190,29 @@ async fn events(_: Reader, State(state): State<AppState>) -> impl IntoResponse {
 
 #[cfg(test)]
 mod tests {
-    use super::like_pattern;
+    use super::*;
 
     #[test]
-    fn search_wildcards_are_literal() {
-        assert_eq!(like_pattern("a%b_c"), "%a\\%b\\_c%");
+    fn the_query_string_becomes_the_read_models_filter() {
+        let q = ListQuery {
+            model: "wave_mae".into(),
+            q: " run-1 ".into(),
+            sort: "top1".into(),
+            dir: "asc".into(),
+            ..ListQuery::default()
+        };
+        let f = q.filter(3);
+        assert_eq!(f.model.as_deref(), Some("wave_mae"));
+        assert_eq!((f.status, f.kind, f.tag), (None, None, None));
+        assert_eq!(f.q.as_deref(), Some("run-1"));
+        assert_eq!(f.sort, Some(RunSort::BestAcc1));
+        assert_eq!(f.order, Some(SortOrder::Asc));
+        assert_eq!((f.limit, f.offset), (Some(PAGE_SIZE), Some(2 * PAGE_SIZE)));
+        let unknown = ListQuery {
+            sort: "name;drop table run".into(),
+            ..ListQuery::default()
+        };
+        assert_eq!(unknown.filter(1).sort, None);
+        assert_eq!(unknown.filter(1).order, Some(SortOrder::Desc));
     }
 }

@@ -1,0 +1,517 @@
+//! External runs (issue 12, docs/ingest.md): runs that no worker trains,
+//! created and written by a client over HTTP.
+//!
+//! The rules:
+//! - creation is idempotent per (token, `client_run_id`): a retried create
+//!   finds the run the first one made;
+//! - a batch of points is one transaction: upserts on (run, key, step) into
+//!   `metric_point` (a retry never duplicates, steps may come in any order,
+//!   a new value for a point replaces the old: last write wins), the MAE keys
+//!   projected into the epoch rows of the steps it touched (from every point
+//!   of those steps, so keys sent in different batches meet in one row), the
+//!   run summary refreshed once and one NOTIFY for the whole batch;
+//! - every batch and heartbeat is a sign of life; a running external run
+//!   silent for longer than its `lost_after_seconds` becomes `lost`
+//!   ([`mark_lost`]), and comes back to `running` when its client does;
+//! - this is the only write path for clients; workers keep their fenced one
+//!   (`metrics`), and both end in the same `epoch_metric` rows.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use crate::config::RunKind;
+
+/// Most points in one batch (MLflow's documented limit, studies.md).
+pub const MAX_POINTS: usize = 1000;
+/// Longest metric key.
+pub const MAX_KEY_CHARS: usize = 250;
+/// Largest step: integers above 2^53 do not survive a JSON double.
+pub const MAX_STEP: u64 = 1 << 53;
+/// Silence after which a run is lost, unless its client says otherwise.
+pub const DEFAULT_LOST_AFTER_SECONDS: i32 = 600;
+
+/// The keys of the official MAE `log.txt` (and maelab's own epoch columns)
+/// that land in the epoch rows, with the range each column accepts.
+pub const EPOCH_KEYS: &[(&str, f64, f64)] = &[
+    ("train_lr", f64::MIN, f64::MAX),
+    ("train_loss", f64::MIN, f64::MAX),
+    ("test_loss", f64::MIN, f64::MAX),
+    ("test_acc1", 0.0, 100.0),
+    ("test_acc5", 0.0, 100.0),
+    ("n_parameters", 1.0, 9.0e15),
+    ("psnr", f64::MIN, f64::MAX),
+    ("hf_ratio", 0.0, f64::MAX),
+    ("epoch_seconds", 0.0, f64::MAX),
+    ("images_per_second", 0.0, f64::MAX),
+];
+
+/// Why an ingest write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// A field breaks a rule (names it: `points[3].value`); 422.
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("run {0} not found")]
+    NotFound(Uuid),
+    /// The run cannot take this write (finished, or a worker's); 409.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+impl IngestError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A run to create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewExternalRun {
+    pub name: String,
+    pub kind: RunKind,
+    pub model: String,
+    pub tags: Vec<String>,
+    /// Free-form, stored as given.
+    pub config: serde_json::Value,
+    pub client_run_id: Option<String>,
+    pub parent_run: Option<Uuid>,
+    pub lost_after_seconds: i32,
+}
+
+/// The outcome of a create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Created {
+    pub run_id: Uuid,
+    /// False when `client_run_id` found the run an earlier create made.
+    pub new: bool,
+}
+
+/// Create an external run (status `running`), or find the one this token
+/// created with the same `client_run_id`.
+pub async fn create(
+    pool: &PgPool,
+    run: &NewExternalRun,
+    created_by: Option<&str>,
+) -> Result<Created, IngestError> {
+    let find = || async {
+        match &run.client_run_id {
+            Some(id) => sqlx::query_scalar::<_, Uuid>(
+                "select run_id from run where coalesce(created_by, '') = coalesce($1, '')
+                 and client_run_id = $2",
+            )
+            .bind(created_by)
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+            .map_err(IngestError::from),
+            None => Ok(None),
+        }
+    };
+    if let Some(run_id) = find().await? {
+        return Ok(Created { run_id, new: false });
+    }
+    if let Some(parent) = run.parent_run {
+        let exists: bool =
+            sqlx::query_scalar("select exists (select 1 from run where run_id = $1)")
+                .bind(parent)
+                .fetch_one(pool)
+                .await?;
+        if !exists {
+            return Err(IngestError::invalid(
+                "parent_run",
+                format!("run {parent} does not exist"),
+            ));
+        }
+        if run.kind != RunKind::Finetune {
+            return Err(IngestError::invalid(
+                "parent_run",
+                "is only for finetune runs (kind = \"finetune\")",
+            ));
+        }
+    }
+    let epochs_total = run
+        .config
+        .get("epochs")
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|e| i32::try_from(e).ok())
+        .filter(|e| *e > 0)
+        .unwrap_or(1);
+    let inserted = sqlx::query_scalar::<_, Uuid>(
+        "insert into run (name, kind, model, preset, config, tags, parent_run_id, epochs_total,
+                          created_by, source, client_run_id, status, started_at, last_seen_at,
+                          lost_after_seconds)
+         values ($1, $2::run_kind, $3, '', $4, $5, $6, $7, $8, 'external', $9, 'running', now(),
+                 now(), $10)
+         on conflict (coalesce(created_by, ''), client_run_id) where client_run_id is not null
+         do nothing
+         returning run_id",
+    )
+    .bind(&run.name)
+    .bind(run.kind.as_str())
+    .bind(&run.model)
+    .bind(&run.config)
+    .bind(&run.tags)
+    .bind(run.parent_run)
+    .bind(epochs_total)
+    .bind(created_by)
+    .bind(&run.client_run_id)
+    .bind(run.lost_after_seconds)
+    .fetch_optional(pool)
+    .await?;
+    match inserted {
+        Some(run_id) => {
+            tracing::info!(%run_id, name = %run.name, "external run created");
+            Ok(Created { run_id, new: true })
+        }
+        // A concurrent create with the same id won the race.
+        None => find()
+            .await?
+            .map(|run_id| Created { run_id, new: false })
+            .ok_or_else(|| {
+                IngestError::Conflict("the run was created and removed meanwhile".into())
+            }),
+    }
+}
+
+/// One point as a client sends it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    pub key: String,
+    pub step: u64,
+    pub value: f64,
+    pub wall_time: Option<DateTime<Utc>>,
+}
+
+/// Check every point, naming the first bad one by its index.
+pub fn check_points(points: &[Point]) -> Result<(), IngestError> {
+    if points.is_empty() {
+        return Err(IngestError::invalid(
+            "points",
+            "must hold at least one point",
+        ));
+    }
+    for (i, p) in points.iter().enumerate() {
+        let at = |f: &str| format!("points[{i}].{f}");
+        let chars = p.key.chars().count();
+        if chars == 0 || chars > MAX_KEY_CHARS {
+            return Err(IngestError::invalid(
+                at("key"),
+                format!("is {chars} characters; 1 to {MAX_KEY_CHARS}"),
+            ));
+        }
+        if p.key.chars().any(char::is_control) {
+            return Err(IngestError::invalid(
+                at("key"),
+                "must not contain control characters",
+            ));
+        }
+        if p.step > MAX_STEP {
+            return Err(IngestError::invalid(
+                at("step"),
+                format!("{} is above 2^53", p.step),
+            ));
+        }
+        if !p.value.is_finite() {
+            return Err(IngestError::invalid(at("value"), "must be a finite number"));
+        }
+        if let Some((_, lo, hi)) = EPOCH_KEYS.iter().find(|(k, _, _)| *k == p.key) {
+            if p.value < *lo || p.value > *hi {
+                return Err(IngestError::invalid(
+                    at("value"),
+                    format!(
+                        "{} is out of range for {}; expected {lo} to {hi}",
+                        p.value, p.key
+                    ),
+                ));
+            }
+            if p.key == "n_parameters" && p.value.fract() != 0.0 {
+                return Err(IngestError::invalid(
+                    at("value"),
+                    "n_parameters must be a whole number",
+                ));
+            }
+            if p.step > i32::MAX as u64 {
+                return Err(IngestError::invalid(
+                    at("step"),
+                    format!(
+                        "{} is too large for an epoch ({} keys are per epoch)",
+                        p.step, p.key
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Lock an external run that can take writes; revive it if it was lost.
+async fn writable(tx: &mut sqlx::PgConnection, run_id: Uuid) -> Result<(), IngestError> {
+    let row = sqlx::query(
+        "select source, status::text as status from run where run_id = $1 for no key update",
+    )
+    .bind(run_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(IngestError::NotFound(run_id))?;
+    let source: String = row.try_get("source")?;
+    let status: String = row.try_get("status")?;
+    if source != "external" {
+        return Err(IngestError::Conflict(format!(
+            "run {run_id} is trained by a maelab worker; only external runs take metrics over HTTP"
+        )));
+    }
+    match status.as_str() {
+        "running" => {
+            sqlx::query("update run set last_seen_at = now() where run_id = $1")
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?;
+            Ok(())
+        }
+        "lost" => {
+            // Its client is back: the run goes on.
+            sqlx::query(
+                "update run set status = 'running', finished_at = null, error = null,
+                                last_seen_at = now() where run_id = $1",
+            )
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+            Ok(())
+        }
+        other => Err(IngestError::Conflict(format!(
+            "run {run_id} is {other}; a finished run takes no more writes"
+        ))),
+    }
+}
+
+/// Store a batch (already checked with [`check_points`]) in one transaction;
+/// returns the points stored.
+pub async fn record_points(
+    pool: &PgPool,
+    run_id: Uuid,
+    points: &[Point],
+) -> Result<usize, IngestError> {
+    check_points(points)?;
+    // Within a batch, the last point for a (key, step) wins, as it would
+    // across batches; PostgreSQL refuses to upsert one row twice per statement.
+    let mut last: std::collections::HashMap<(&str, u64), &Point> = std::collections::HashMap::new();
+    for p in points {
+        last.insert((p.key.as_str(), p.step), p);
+    }
+    let (mut keys, mut steps, mut values, mut times) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for p in last.values() {
+        keys.push(p.key.clone());
+        steps.push(i64::try_from(p.step).unwrap_or(i64::MAX));
+        values.push(p.value);
+        times.push(p.wall_time);
+    }
+    let epoch_steps: Vec<i32> = {
+        let mut s: Vec<i32> = last
+            .values()
+            .filter(|p| EPOCH_KEYS.iter().any(|(k, _, _)| *k == p.key))
+            .filter_map(|p| i32::try_from(p.step).ok())
+            .collect();
+        s.sort_unstable();
+        s.dedup();
+        s
+    };
+    let mut tx = pool.begin().await?;
+    writable(&mut tx, run_id).await?;
+    sqlx::query("set local maelab.batch = 'on'")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "insert into metric_point (run_id, key, step, value, wall_time)
+         select $1, * from unnest($2::text[], $3::bigint[], $4::float8[], $5::timestamptz[])
+         on conflict (run_id, key, step) do update
+             set value = excluded.value, wall_time = excluded.wall_time, recorded_at = now()",
+    )
+    .bind(run_id)
+    .bind(&keys)
+    .bind(&steps)
+    .bind(&values)
+    .bind(&times)
+    .execute(&mut *tx)
+    .await?;
+    if !epoch_steps.is_empty() {
+        project_epochs(&mut tx, run_id, &epoch_steps).await?;
+    }
+    let payload = serde_json::json!({
+        "run_id": run_id,
+        "table": "metric_point",
+        "epoch": epoch_steps.first(),
+        "last_epoch": epoch_steps.last(),
+    });
+    sqlx::query("select pg_notify('maelab_events', $1)")
+        .bind(payload.to_string())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(last.len())
+}
+
+/// Rebuild the epoch rows of `steps` from all of their MAE-key points, then
+/// refresh the run summary once.
+async fn project_epochs(
+    tx: &mut sqlx::PgConnection,
+    run_id: Uuid,
+    steps: &[i32],
+) -> Result<(), IngestError> {
+    sqlx::query(
+        "insert into epoch_metric (run_id, epoch, train_lr, train_loss, test_loss, test_acc1,
+             test_acc5, n_parameters, psnr, hf_ratio, epoch_seconds, images_per_second, extra)
+         select $1, p.step::integer,
+                max(p.value) filter (where p.key = 'train_lr'),
+                max(p.value) filter (where p.key = 'train_loss'),
+                max(p.value) filter (where p.key = 'test_loss'),
+                max(p.value) filter (where p.key = 'test_acc1'),
+                max(p.value) filter (where p.key = 'test_acc5'),
+                (max(p.value) filter (where p.key = 'n_parameters'))::bigint,
+                max(p.value) filter (where p.key = 'psnr'),
+                max(p.value) filter (where p.key = 'hf_ratio'),
+                max(p.value) filter (where p.key = 'epoch_seconds'),
+                max(p.value) filter (where p.key = 'images_per_second'),
+                '{}'::jsonb
+         from metric_point p
+         where p.run_id = $1 and p.step = any($2::bigint[])
+           and p.key in ('train_lr', 'train_loss', 'test_loss', 'test_acc1', 'test_acc5',
+                         'n_parameters', 'psnr', 'hf_ratio', 'epoch_seconds', 'images_per_second')
+         group by p.step
+         on conflict (run_id, epoch) do update set
+             train_lr = excluded.train_lr, train_loss = excluded.train_loss,
+             test_loss = excluded.test_loss, test_acc1 = excluded.test_acc1,
+             test_acc5 = excluded.test_acc5, n_parameters = excluded.n_parameters,
+             psnr = excluded.psnr, hf_ratio = excluded.hf_ratio,
+             epoch_seconds = excluded.epoch_seconds,
+             images_per_second = excluded.images_per_second, recorded_at = now()",
+    )
+    .bind(run_id)
+    .bind(steps.iter().map(|s| i64::from(*s)).collect::<Vec<i64>>())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("update run set epochs_total = greatest(epochs_total, $2) where run_id = $1")
+        .bind(run_id)
+        .bind(steps.last().map_or(1, |s| s.saturating_add(1)))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("select run_summary_refresh($1)")
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// A heartbeat: the run is alive (a lost one runs again). Returns its status.
+pub async fn heartbeat(pool: &PgPool, run_id: Uuid) -> Result<String, IngestError> {
+    let mut tx = pool.begin().await?;
+    writable(&mut tx, run_id).await?;
+    tx.commit().await?;
+    Ok("running".into())
+}
+
+/// How a client ends its run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishStatus {
+    Succeeded,
+    Failed,
+}
+
+impl FinishStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// Finish an external run. The same finish again is harmless (a retried
+/// request); another end for a finished run is a conflict.
+pub async fn finish(
+    pool: &PgPool,
+    run_id: Uuid,
+    status: FinishStatus,
+    reason: Option<&str>,
+) -> Result<(), IngestError> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query(
+        "select source, status::text as status from run where run_id = $1 for no key update",
+    )
+    .bind(run_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(IngestError::NotFound(run_id))?;
+    let source: String = row.try_get("source")?;
+    let now: String = row.try_get("status")?;
+    if source != "external" {
+        return Err(IngestError::Conflict(format!(
+            "run {run_id} is trained by a maelab worker; cancel it instead"
+        )));
+    }
+    if now == status.as_str() {
+        return Ok(());
+    }
+    if !matches!(now.as_str(), "running" | "lost") {
+        return Err(IngestError::Conflict(format!(
+            "run {run_id} is already {now}"
+        )));
+    }
+    sqlx::query(
+        "update run set status = $2::text::run_status, finished_at = now(), error = $3,
+                        last_seen_at = now()
+         where run_id = $1",
+    )
+    .bind(run_id)
+    .bind(status.as_str())
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Mark running external runs whose client has been silent past their
+/// timeout as `lost`; returns how many. Run by the server every few seconds.
+pub async fn mark_lost(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "update run set status = 'lost', finished_at = now(),
+                        error = format('no heartbeat for %s s (lost_after_seconds)', lost_after_seconds)
+         where source = 'external' and status = 'running'
+           and last_seen_at < now() - make_interval(secs => lost_after_seconds)",
+    )
+    .execute(pool)
+    .await?;
+    if done.rows_affected() > 0 {
+        tracing::info!(lost = done.rows_affected(), "external runs marked lost");
+    }
+    Ok(done.rows_affected())
+}
+
+/// Store an artifact a client uploaded (its sha256 already checked against
+/// the bytes), replacing one of the same name. Returns its id.
+pub async fn put_artifact(
+    pool: &PgPool,
+    run_id: Uuid,
+    artifact: &super::artifacts::NewArtifact<'_>,
+) -> Result<i64, IngestError> {
+    let mut tx = pool.begin().await?;
+    writable(&mut tx, run_id).await?;
+    let id = super::artifacts::upsert(&mut tx, run_id, artifact)
+        .await
+        .map_err(|e| match e {
+            super::queue::QueueError::Db(e) => IngestError::Db(e),
+            other => IngestError::Conflict(other.to_string()),
+        })?;
+    tx.commit().await?;
+    Ok(id)
+}
