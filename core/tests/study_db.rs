@@ -444,3 +444,44 @@ async fn cancelling_a_study_cancels_its_calibrations() {
         1
     );
 }
+
+#[tokio::test]
+async fn chains_are_queued_seed_by_seed_so_every_arm_reaches_the_same_n() {
+    let db = TestDb::new().await.expect("db");
+    studies::create_study(&db.pool, &study(EPOCHS), None)
+        .await
+        .expect("create");
+    let w = worker(&db.pool).await;
+    // Seed 0 of both arms first.
+    let first = claim(&db.pool, w).await;
+    let order = |pool: PgPool| async move {
+        sqlx::query_as::<_, (String, i64, String)>(
+            "select r.study_arm, r.study_seed, r.kind::text from job j join run r using (run_id)
+             where j.state = 'queued' order by j.priority desc, j.enqueued_at, j.job_id",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("queue")
+    };
+    assert_eq!(
+        order(db.pool.clone()).await,
+        [
+            ("wave", 0, "pretrain"),
+            ("mae", 1, "pretrain"),
+            ("wave", 1, "pretrain")
+        ]
+        .map(|(a, s, k)| (a.to_string(), s, k.to_string()))
+    );
+    // The finetune of seed 0 goes before the pretrains of seed 1.
+    finish_pretrain(&db.pool, &first, 2).await;
+    assert_eq!(
+        order(db.pool.clone()).await,
+        [
+            ("wave", 0, "pretrain"),
+            ("mae", 0, "finetune"),
+            ("mae", 1, "pretrain"),
+            ("wave", 1, "pretrain")
+        ]
+        .map(|(a, s, k)| (a.to_string(), s, k.to_string()))
+    );
+}

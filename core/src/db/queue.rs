@@ -108,6 +108,8 @@ pub struct NewJob {
     pub priority: i16,
     pub max_attempts: i32,
     pub payload: serde_json::Value,
+    /// Its place in the queue among jobs of equal priority (default: now).
+    pub enqueued_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The kinds of work a job can be.
@@ -142,6 +144,7 @@ impl NewJob {
             priority: 0,
             max_attempts: 3,
             payload,
+            enqueued_at: None,
         }
     }
 }
@@ -150,14 +153,15 @@ impl NewJob {
 /// wakes idle workers. Returns the job id.
 pub async fn enqueue<'e>(db: impl PgExecutor<'e>, job: &NewJob) -> Result<i64, QueueError> {
     let row = sqlx::query(
-        "insert into job (run_id, job_type, priority, max_attempts, payload)
-         values ($1, $2, $3, $4, $5) returning job_id",
+        "insert into job (run_id, job_type, priority, max_attempts, payload, enqueued_at)
+         values ($1, $2, $3, $4, $5, coalesce($6, now())) returning job_id",
     )
     .bind(job.run_id)
     .bind(job.job_type.as_str())
     .bind(job.priority)
     .bind(job.max_attempts)
     .bind(&job.payload)
+    .bind(job.enqueued_at)
     .fetch_one(db)
     .await?;
     Ok(row.try_get("job_id")?)

@@ -47,6 +47,8 @@ pub struct JobOptions {
     pub max_attempts: i32,
     /// For `load_test` jobs: what to pretend (`{"epochs": 3, "sleep_ms": 10}`).
     pub payload: serde_json::Value,
+    /// Its place in the queue among equal priorities (default: now).
+    pub enqueued_at: Option<DateTime<Utc>>,
 }
 
 impl Default for JobOptions {
@@ -56,6 +58,7 @@ impl Default for JobOptions {
             priority: 0,
             max_attempts: 3,
             payload: serde_json::json!({}),
+            enqueued_at: None,
         }
     }
 }
@@ -156,6 +159,7 @@ pub async fn insert_run(
             priority: job.priority,
             max_attempts: job.max_attempts,
             payload: job.payload.clone(),
+            enqueued_at: job.enqueued_at,
         },
     )
     .await?;

@@ -132,6 +132,7 @@ fn calibrate_job(study_id: Uuid) -> NewJob {
         priority: 10,
         max_attempts: 3,
         payload: serde_json::json!({"study_id": study_id}),
+        enqueued_at: None,
     }
 }
 
@@ -185,15 +186,41 @@ async fn queue_first_run(
         arm: &chain.arm,
         seed: chain.seed,
     };
-    runs::insert_run(
-        &mut *tx,
-        config,
-        created_by,
-        &JobOptions::default(),
-        Some(link),
-    )
-    .await?;
+    let job = chain_job(tx, study_id, &chain.arm, seed_i64(chain.seed)?, config.kind).await?;
+    runs::insert_run(&mut *tx, config, created_by, &job, Some(link)).await?;
     Ok(1)
+}
+
+/// A chain's job takes its place in the study's queue order: seed by seed
+/// (every arm's first seed, its pretrain then its finetune, then the next
+/// seed), so a study stopped early, or still running, has every arm at the
+/// same n instead of some arms done and others not begun. The place is an
+/// `enqueued_at` in the study's past (its creation plus the seed's rank in
+/// seconds, half a second more for a finetune); other runs queued meanwhile
+/// keep their order among themselves.
+async fn chain_job(
+    tx: &mut sqlx::PgConnection,
+    study_id: Uuid,
+    arm: &str,
+    seed: i64,
+    kind: RunKind,
+) -> Result<JobOptions, StudyError> {
+    let at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+        "select s.created_at + make_interval(secs => (
+                    select count(*) from study_chain c
+                    where c.study_id = s.study_id and c.arm = $2 and c.seed < $3) + $4)
+         from study s where s.study_id = $1",
+    )
+    .bind(study_id)
+    .bind(arm)
+    .bind(seed)
+    .bind(if kind == RunKind::Finetune { 0.5 } else { 0.0 })
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(JobOptions {
+        enqueued_at: Some(at),
+        ..JobOptions::default()
+    })
 }
 
 /// The completion path's hook: `run_id` just succeeded inside `tx`. When it
@@ -272,19 +299,12 @@ async fn queue_finetune(
         arm,
         seed: u64::try_from(seed).unwrap_or(0),
     };
+    let job = chain_job(tx, study_id, arm, seed, RunKind::Finetune).await?;
     // A savepoint: a refused finetune rolls back alone, the completion stays.
     sqlx::query("savepoint advance_chain")
         .execute(&mut *tx)
         .await?;
-    match runs::insert_run(
-        &mut *tx,
-        &config,
-        created_by,
-        &JobOptions::default(),
-        Some(link),
-    )
-    .await
-    {
+    match runs::insert_run(&mut *tx, &config, created_by, &job, Some(link)).await {
         Ok(created) => {
             sqlx::query("release savepoint advance_chain")
                 .execute(&mut *tx)

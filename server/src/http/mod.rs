@@ -28,6 +28,8 @@ pub struct AppState {
     pub live: crate::live::Live,
     /// The API's run list, served from memory while no run changed.
     pub run_list: Arc<crate::read_model::run_list_cache::RunListCache>,
+    /// Ingest batches' notifications, sent after their commits.
+    pub ingest_notify: crate::ingest_notify::IngestNotifier,
 }
 
 impl AppState {
@@ -37,6 +39,7 @@ impl AppState {
             settings: Arc::new(settings),
             live: crate::live::Live::new(),
             run_list: Arc::default(),
+            ingest_notify: Default::default(),
         }
     }
 }

@@ -199,7 +199,8 @@ fn wall_time(i: usize, t: Option<f64>) -> Result<Option<DateTime<Utc>>, AppError
     })
 }
 
-/// `POST /api/v1/runs/{run_id}/metrics`: one transaction, one notification.
+/// `POST /api/v1/runs/{run_id}/metrics`: one transaction; the notification
+/// follows the commit (`crate::ingest_notify`).
 pub async fn metrics(
     _: WriteAccess,
     State(state): State<AppState>,
@@ -232,8 +233,13 @@ pub async fn metrics(
             })
         })
         .collect::<Result<Vec<Point>, AppError>>()?;
-    let accepted = ingest::record_points(&state.db, run_id, &points).await?;
-    Ok(Json(Accepted { accepted }))
+    let recorded = ingest::record_points(&state.db, run_id, &points).await?;
+    state
+        .ingest_notify
+        .batch(&state.db, run_id, recorded.epochs);
+    Ok(Json(Accepted {
+        accepted: recorded.points,
+    }))
 }
 
 /// `POST /api/v1/runs/{run_id}/heartbeat`.
