@@ -1,6 +1,9 @@
 //! Compare runs: pick them, overlay their per-epoch curves, read the study's
 //! table (model, parameters, best top-1/top-5, epochs, training time,
-//! images/s) and look at reconstructions of the same images at one epoch.
+//! images/s), overlay any metric key of theirs (epoch columns and the keys
+//! clients logged) and look at reconstructions of the same images at one epoch.
+
+use std::collections::BTreeSet;
 
 use askama::Template;
 use axum::Router;
@@ -10,11 +13,11 @@ use axum::routing::get;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::run::EpochColumns;
+use super::run::{EpochColumns, is_epoch_key};
 use super::{PageError, Reader, human_duration, render};
 use crate::http::AppState;
 use crate::read_model::artifacts::{self, ArtifactInfo};
-use crate::read_model::{RunFilter, RunSummary, metrics, runs};
+use crate::read_model::{RunFilter, RunSummary, metrics, points, runs};
 
 /// Most runs one comparison overlays.
 const MAX_RUNS: usize = 12;
@@ -33,9 +36,9 @@ pub struct Column {
 }
 
 #[derive(Serialize)]
-struct Series<'a> {
+struct Series {
     run_id: Uuid,
-    name: &'a str,
+    name: String,
     epochs: EpochColumns,
 }
 
@@ -47,6 +50,12 @@ struct ComparePage {
     epoch: Option<i32>,
     epochs: Vec<i32>,
     series_json: String,
+    /// The overlay's choices: epoch columns some run has values in, then
+    /// the other keys clients logged for any of the runs.
+    epoch_keys: Vec<&'static str>,
+    logged_keys: Vec<String>,
+    /// The key overlaid first (`?key=`, else the first logged key).
+    chosen: Option<String>,
 }
 
 async fn show(
@@ -80,17 +89,19 @@ async fn show(
     .runs;
     let mut columns = Vec::new();
     let mut series = Vec::new();
+    let mut logged = BTreeSet::new();
     for id in &picked {
         let run = runs::summary(db, *id)
             .await?
             .ok_or_else(|| PageError::NotFound(format!("run {id}")))?;
         let epochs = metrics::epochs(db, *id, None).await?;
         let recons = artifacts::reconstructions(db, *id, None).await?;
-        series.push((
-            run.run_id,
-            run.name.clone(),
-            EpochColumns::from_rows(&epochs),
-        ));
+        logged.extend(points::keys(db, *id).await?.into_iter().map(|k| k.key));
+        series.push(Series {
+            run_id: run.run_id,
+            name: run.name.clone(),
+            epochs: EpochColumns::from_rows(&epochs),
+        });
         columns.push(Column {
             training_time: run
                 .train_seconds
@@ -118,26 +129,30 @@ async fn show(
     for c in &mut columns {
         c.recons.retain(|r| r.epoch == epoch);
     }
-    let series_json = serde_json::to_string(
-        &series
-            .iter()
-            .map(|(run_id, name, epochs)| Series {
-                run_id: *run_id,
-                name,
-                epochs: EpochColumns {
-                    epoch: epochs.epoch.clone(),
-                    train_loss: epochs.train_loss.clone(),
-                    test_loss: epochs.test_loss.clone(),
-                    test_acc1: epochs.test_acc1.clone(),
-                    test_acc5: epochs.test_acc5.clone(),
-                    psnr: epochs.psnr.clone(),
-                    hf_ratio: epochs.hf_ratio.clone(),
-                    ..EpochColumns::default()
-                },
+    let epoch_keys: Vec<&'static str> = EpochColumns::default()
+        .columns()
+        .iter()
+        .map(|(key, _)| *key)
+        .filter(|key| {
+            series.iter().any(|s| {
+                s.epochs
+                    .columns()
+                    .iter()
+                    .any(|(k, values)| k == key && values.iter().any(Option::is_some))
             })
-            .collect::<Vec<_>>(),
-    )
-    .unwrap_or_else(|_| "[]".into());
+        })
+        .collect();
+    let logged_keys: Vec<String> = logged
+        .into_iter()
+        .filter(|k| !epoch_keys.contains(&k.as_str()))
+        .collect();
+    let chosen = params
+        .iter()
+        .find(|(k, _)| k == "key")
+        .map(|(_, v)| v.clone())
+        .filter(|k| epoch_keys.contains(&k.as_str()) || logged_keys.contains(k))
+        .or_else(|| logged_keys.iter().find(|k| !is_epoch_key(k)).cloned());
+    let series_json = serde_json::to_string(&series).unwrap_or_else(|_| "[]".into());
     let choices = recent
         .into_iter()
         .map(|r| {
@@ -151,5 +166,8 @@ async fn show(
         epoch,
         epochs,
         series_json,
+        epoch_keys,
+        logged_keys,
+        chosen,
     })
 }

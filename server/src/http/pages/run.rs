@@ -9,6 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use maelab_core::db::ingest::EPOCH_KEYS;
 use maelab_core::db::runs;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -20,6 +21,7 @@ use crate::http::AppState;
 use crate::live::{self, Cursor};
 use crate::read_model::artifacts::{self, ArtifactFile, ArtifactInfo};
 use crate::read_model::metrics::{self, EpochRow, StepRow};
+use crate::read_model::points::{self, KeyInfo};
 use crate::read_model::runs::run_exists;
 use crate::read_model::{self, RunSummary};
 
@@ -60,6 +62,21 @@ pub struct EpochColumns {
 }
 
 impl EpochColumns {
+    /// The metric columns by name (the names the ingest API takes as keys).
+    pub fn columns(&self) -> [(&'static str, &[Option<f64>]); 9] {
+        [
+            ("train_loss", &self.train_loss),
+            ("train_lr", &self.train_lr),
+            ("test_loss", &self.test_loss),
+            ("test_acc1", &self.test_acc1),
+            ("test_acc5", &self.test_acc5),
+            ("psnr", &self.psnr),
+            ("hf_ratio", &self.hf_ratio),
+            ("epoch_seconds", &self.epoch_seconds),
+            ("images_per_second", &self.images_per_second),
+        ]
+    }
+
     pub fn from_rows(rows: &[EpochRow]) -> Self {
         let mut c = Self::default();
         for r in rows {
@@ -118,6 +135,45 @@ struct History<'a> {
     recons: &'a [ArtifactInfo],
 }
 
+/// Keys of one prefix (`train/loss` and `train/lr` are `train`): one chart.
+pub struct MetricGroup {
+    pub name: String,
+    pub keys: Vec<KeyInfo>,
+}
+
+/// Whether the ingest API puts `key` in the epoch rows (an MAE `log.txt` key).
+pub fn is_epoch_key(key: &str) -> bool {
+    EPOCH_KEYS.iter().any(|(name, _, _)| *name == key)
+}
+
+/// The keys a client logged beyond the MAE epoch columns (those are charted
+/// per epoch already), by group; `keys` comes sorted by group then key.
+pub fn generic_groups(keys: Vec<KeyInfo>) -> Vec<MetricGroup> {
+    let mut groups: Vec<MetricGroup> = Vec::new();
+    for k in keys {
+        if is_epoch_key(&k.key) {
+            continue;
+        }
+        match groups.last_mut() {
+            Some(g) if g.name == k.group => g.keys.push(k),
+            _ => groups.push(MetricGroup {
+                name: k.group.clone(),
+                keys: vec![k],
+            }),
+        }
+    }
+    groups
+}
+
+/// What the generic charts' script starts from.
+#[derive(Serialize)]
+struct GenericCharts<'a> {
+    run_id: Uuid,
+    status: &'a str,
+    /// Keys that are epoch columns, charted above: the script skips them.
+    epoch_keys: Vec<&'static str>,
+}
+
 #[derive(Template)]
 #[template(path = "run.html")]
 struct RunPage {
@@ -129,6 +185,10 @@ struct RunPage {
     attempt: Option<i32>,
     /// The history as JSON, put in a data attribute (askama escapes it).
     history_json: String,
+    /// Logged keys beyond the epoch columns, one chart per group.
+    metric_groups: Vec<MetricGroup>,
+    /// [`GenericCharts`] as JSON, for a data attribute.
+    generic_json: String,
     can_cancel: bool,
     can_retry: bool,
     has_log: bool,
@@ -152,6 +212,7 @@ async fn show(
     let steps = metrics::all_steps(db, run_id, None).await?;
     let recons = artifacts::reconstructions(db, run_id, None).await?;
     let has_log = artifacts::has_stored_log(db, run_id).await?;
+    let metric_groups = generic_groups(points::keys(db, run_id).await?);
     let cursor = Cursor {
         epoch: epochs.last().map_or(-1, |e| e.epoch),
         step: steps.last().map_or(-1, |s| s.step),
@@ -175,6 +236,12 @@ async fn show(
     };
     let history_json = serde_json::to_string(&history)
         .map_err(|e| PageError::BadRequest(format!("cannot encode the history: {e}")))?;
+    let generic_json = serde_json::to_string(&GenericCharts {
+        run_id,
+        status: &run.status,
+        epoch_keys: EPOCH_KEYS.iter().map(|(k, _, _)| *k).collect(),
+    })
+    .unwrap_or_default();
     let config_json = serde_json::to_string_pretty(&view.config).unwrap_or_default();
     let active = matches!(run.status.as_str(), "queued" | "running");
     render(&RunPage {
@@ -187,6 +254,8 @@ async fn show(
         cancel_requested: view.cancel_requested.unwrap_or(false),
         attempt: view.attempt,
         history_json,
+        metric_groups,
+        generic_json,
         can_cancel: active,
         can_retry: matches!(run.status.as_str(), "failed" | "cancelled"),
         has_log,
