@@ -245,7 +245,7 @@ fn operation(route: &ApiRoute) -> Value {
     let mut params: Vec<Value> = path_params(route.path)
         .into_iter()
         .map(|name| {
-            let schema = if name == "run_id" {
+            let schema = if name == "run_id" || name == "study_id" {
                 json!({"type": "string", "format": "uuid"})
             } else {
                 json!({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"})
