@@ -375,6 +375,52 @@ async fn queue_page_says_where_each_job_stands() {
 }
 
 #[tokio::test]
+async fn queue_page_shows_running_jobs_and_recently_stopped_workers() {
+    let p = spawn().await;
+    let first = p.create("running-one", "mae", &[]).await;
+    p.create("waiting-one", "mae", &[]).await;
+    sqlx::query(
+        "insert into worker (worker_id, name, host, device, torch_version, last_seen_at, stopped_at)
+         values (gen_random_uuid(), 'busy-box', 'hostB', 'cpu', '2.5.1', now(), null),
+                (gen_random_uuid(), 'stopped-lately', 'hostC', 'cpu', '2.5.1',
+                 now() - interval '1 hour', now() - interval '1 hour'),
+                (gen_random_uuid(), 'stopped-long-ago', 'hostD', 'cpu', '2.5.1',
+                 now() - interval '2 days', now() - interval '2 days')",
+    )
+    .execute(&p.db.pool)
+    .await
+    .expect("workers");
+    sqlx::query(
+        "update job set state = 'running', started_at = now(), heartbeat_at = now(),
+                lease_expires_at = now() + interval '5 minutes', cancel_requested = true,
+                worker_id = (select worker_id from worker where name = 'busy-box')
+         where run_id = $1",
+    )
+    .bind(first)
+    .execute(&p.db.pool)
+    .await
+    .expect("running");
+    let html = p.get("/queue").await.text();
+    let running = &html[html.find(r#"id="running""#).expect("running table")..];
+    let running = &running[..running.find("</table>").unwrap()];
+    assert!(running.contains("running-one") && running.contains("<em>cancelling</em>"));
+    assert!(
+        running.contains(">busy-box<") && running.contains(">hostB<"),
+        "{running}"
+    );
+    assert!(running.contains("s</td></tr>"), "lease left: {running}");
+    assert!(
+        html.contains("0 job(s) ahead; all 1 online workers are busy"),
+        "{html}"
+    );
+    assert!(html.contains("stopped-lately") && html.contains("(stopped)"));
+    assert!(
+        !html.contains("stopped-long-ago"),
+        "stopped a day ago or more: not shown"
+    );
+}
+
+#[tokio::test]
 async fn compare_shows_the_study_table_and_reconstructions_side_by_side() {
     let p = spawn().await;
     let a = p.create("mae-run", "mae", &[]).await;

@@ -23,6 +23,11 @@ pub struct QueueEntry {
     pub attempt: i32,
     pub max_attempts: i32,
     pub enqueued_at: DateTime<Utc>,
+    /// Not claimed before this (later than now while backing off after a
+    /// lost lease).
+    pub run_after: DateTime<Utc>,
+    /// The error the last attempt ended with, if any.
+    pub last_error: Option<String>,
     /// Queued jobs only: 1 is claimed next.
     pub position: Option<i64>,
     /// Queued jobs only: `backoff until …` after a lost lease, else waiting
@@ -30,6 +35,8 @@ pub struct QueueEntry {
     pub waiting_for: Option<String>,
     pub worker_id: Option<Uuid>,
     pub worker_name: Option<String>,
+    /// Running jobs only: the host of the worker.
+    pub worker_host: Option<String>,
     /// Running jobs only: seconds since the last heartbeat.
     pub heartbeat_age_seconds: Option<f64>,
     pub lease_expires_at: Option<DateTime<Utc>>,
@@ -52,7 +59,8 @@ pub async fn view(pool: &PgPool, limit: i64) -> Result<QueueView, ReadError> {
         "(select j.job_id, j.run_id, r.name as run_name, j.job_type, j.state::text as state,
                  j.priority, j.attempt, j.max_attempts, j.enqueued_at, j.run_after,
                  row_number() over (order by j.priority desc, j.enqueued_at, j.job_id) as position,
-                 j.worker_id, null::text as worker_name, null::float8 as heartbeat_age,
+                 j.error, j.worker_id, null::text as worker_name, null::text as worker_host,
+                 null::float8 as heartbeat_age,
                  j.lease_expires_at, j.cancel_requested, (j.run_after > now()) as backing_off
           from job j left join run r on r.run_id = j.run_id
           where j.state = 'queued'
@@ -60,8 +68,8 @@ pub async fn view(pool: &PgPool, limit: i64) -> Result<QueueView, ReadError> {
           limit $1)
          union all
          (select j.job_id, j.run_id, r.name, j.job_type, j.state::text, j.priority, j.attempt,
-                 j.max_attempts, j.enqueued_at, j.run_after, null, j.worker_id, w.name,
-                 extract(epoch from now() - j.heartbeat_at)::float8, j.lease_expires_at,
+                 j.max_attempts, j.enqueued_at, j.run_after, null, j.error, j.worker_id, w.name,
+                 w.host, extract(epoch from now() - j.heartbeat_at)::float8, j.lease_expires_at,
                  j.cancel_requested, false
           from job j left join run r on r.run_id = j.run_id
           left join worker w on w.worker_id = j.worker_id
@@ -90,6 +98,8 @@ pub async fn view(pool: &PgPool, limit: i64) -> Result<QueueView, ReadError> {
             attempt: r.try_get("attempt")?,
             max_attempts: r.try_get("max_attempts")?,
             enqueued_at: r.try_get("enqueued_at")?,
+            run_after,
+            last_error: r.try_get("error")?,
             position: r.try_get("position")?,
             waiting_for: queued.then(|| {
                 if backing_off {
@@ -100,6 +110,7 @@ pub async fn view(pool: &PgPool, limit: i64) -> Result<QueueView, ReadError> {
             }),
             worker_id: r.try_get("worker_id")?,
             worker_name: r.try_get("worker_name")?,
+            worker_host: r.try_get("worker_host")?,
             heartbeat_age_seconds: r.try_get("heartbeat_age")?,
             lease_expires_at: r.try_get("lease_expires_at")?,
             cancel_requested: r.try_get("cancel_requested")?,

@@ -38,6 +38,23 @@ pub struct WorkerView {
 /// Workers, live ones first, newest first within each group; stopped ones
 /// only when `include_stopped`.
 pub async fn list(pool: &PgPool, include_stopped: bool) -> Result<Vec<WorkerView>, ReadError> {
+    select(pool, include_stopped, None).await
+}
+
+/// Workers not stopped, and stopped ones last seen within `stopped_seen_within_seconds`
+/// (the queue page shows those of the last day); same order as [`list`].
+pub async fn list_recent(
+    pool: &PgPool,
+    stopped_seen_within_seconds: f64,
+) -> Result<Vec<WorkerView>, ReadError> {
+    select(pool, false, Some(stopped_seen_within_seconds)).await
+}
+
+async fn select(
+    pool: &PgPool,
+    include_stopped: bool,
+    stopped_seen_within_seconds: Option<f64>,
+) -> Result<Vec<WorkerView>, ReadError> {
     let rows = sqlx::query(
         "select w.worker_id, w.name, w.host, w.device, w.gpu_name, w.torch_version, w.pid,
                 w.started_at, w.last_seen_at, w.stopped_at,
@@ -51,9 +68,11 @@ pub async fn list(pool: &PgPool, include_stopped: bool) -> Result<Vec<WorkerView
          ) j on true
          left join run r on r.run_id = j.run_id
          where $1 or w.stopped_at is null
+            or w.last_seen_at > now() - make_interval(secs => $2)
          order by w.stopped_at is not null, w.started_at desc",
     )
     .bind(include_stopped)
+    .bind(stopped_seen_within_seconds)
     .fetch_all(pool)
     .await?;
     rows.iter()

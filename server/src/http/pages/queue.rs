@@ -1,129 +1,76 @@
 //! Queue and workers: queued jobs in claim order with why each waits, running
-//! jobs with their worker and heartbeat age, and the workers.
+//! jobs with their worker and heartbeat age, and the workers. Reads
+//! [`read_model::queue`] and [`read_model::workers`], as `GET /api/v1/queue`
+//! and `GET /api/v1/workers` do.
 
 use askama::Template;
 use axum::Router;
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
-use chrono::{DateTime, Utc};
-use uuid::Uuid;
+use chrono::Utc;
 
 use super::{PageError, Reader, human_duration, render};
 use crate::http::AppState;
+use crate::read_model::queue::{self, QueueEntry};
+use crate::read_model::workers::{self, LOST_AFTER_SECONDS, WorkerView};
 
-/// A worker not seen for this long is shown as gone (heartbeats come every few seconds).
-const WORKER_GONE_SECONDS: i64 = 60;
+/// Queued jobs shown, from the head.
+const QUEUED_SHOWN: i64 = 500;
+/// Stopped workers are shown for a day after they were last seen.
+const STOPPED_SHOWN_SECONDS: f64 = 24.0 * 3600.0;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/queue", get(show))
 }
 
-#[derive(Debug, sqlx::FromRow)]
-pub struct QueuedJob {
-    pub job_id: i64,
-    pub run_id: Option<Uuid>,
-    pub name: Option<String>,
-    pub job_type: String,
-    pub priority: i16,
-    pub attempt: i32,
-    pub max_attempts: i32,
-    pub enqueued_at: DateTime<Utc>,
-    pub run_after: DateTime<Utc>,
-    pub error: Option<String>,
+/// A queued job and why it waits.
+struct Waiting {
+    job: QueueEntry,
+    why: String,
 }
 
-#[derive(Debug, sqlx::FromRow)]
-pub struct RunningJob {
-    pub job_id: i64,
-    pub run_id: Option<Uuid>,
-    pub name: Option<String>,
-    pub attempt: i32,
-    pub worker_name: Option<String>,
-    pub host: Option<String>,
-    pub heartbeat_age: Option<f64>,
-    pub lease_left: Option<f64>,
-    pub cancel_requested: bool,
+/// A running job with its heartbeat age and lease left, in words.
+struct Running {
+    job: QueueEntry,
+    heartbeat_age: String,
+    lease_left: Option<String>,
 }
 
-#[derive(Debug, sqlx::FromRow)]
-pub struct WorkerRow {
-    pub name: String,
-    pub host: String,
-    pub device: String,
-    pub gpu_name: Option<String>,
-    pub torch_version: String,
-    pub last_seen_age: f64,
-    pub stopped_at: Option<DateTime<Utc>>,
-    pub job_id: Option<i64>,
-    pub run_id: Option<Uuid>,
-    pub run_name: Option<String>,
-}
-
-pub struct Waiting {
-    pub position: usize,
-    pub job: QueuedJob,
-    pub why: String,
+/// A worker with when it was last seen, in words, and whether it is gone
+/// (stopped, or silent past [`LOST_AFTER_SECONDS`]).
+struct Worker {
+    worker: WorkerView,
+    seen: String,
+    gone: bool,
 }
 
 #[derive(Template)]
 #[template(path = "queue.html")]
 struct QueuePage {
     waiting: Vec<Waiting>,
-    running: Vec<(RunningJob, String)>,
-    workers: Vec<(WorkerRow, String, bool)>,
+    running: Vec<Running>,
+    workers: Vec<Worker>,
+}
+
+fn is_gone(w: &WorkerView) -> bool {
+    w.stopped_at.is_some() || w.last_seen_seconds > LOST_AFTER_SECONDS
 }
 
 async fn show(_: Reader, State(state): State<AppState>) -> Result<Response, PageError> {
-    let db = &state.db;
-    let queued = sqlx::query_as::<_, QueuedJob>(
-        "select j.job_id, j.run_id, r.name, j.job_type, j.priority, j.attempt, j.max_attempts,
-                j.enqueued_at, j.run_after, j.error
-         from job j left join run r using (run_id)
-         where j.state = 'queued' order by j.priority desc, j.enqueued_at, j.job_id limit 500",
-    )
-    .fetch_all(db)
-    .await?;
-    let running = sqlx::query_as::<_, RunningJob>(
-        "select j.job_id, j.run_id, r.name, j.attempt, w.name as worker_name, w.host,
-                extract(epoch from now() - j.heartbeat_at)::float8 as heartbeat_age,
-                extract(epoch from j.lease_expires_at - now())::float8 as lease_left,
-                j.cancel_requested
-         from job j left join run r using (run_id) left join worker w using (worker_id)
-         where j.state = 'running' order by j.started_at",
-    )
-    .fetch_all(db)
-    .await?;
-    let workers = sqlx::query_as::<_, WorkerRow>(
-        "select w.name, w.host, w.device, w.gpu_name, w.torch_version,
-                extract(epoch from now() - w.last_seen_at)::float8 as last_seen_age,
-                w.stopped_at, j.job_id, j.run_id, r.name as run_name
-         from worker w
-         left join job j on j.worker_id = w.worker_id and j.state = 'running'
-         left join run r on r.run_id = j.run_id
-         where w.stopped_at is null or w.last_seen_at > now() - interval '1 day'
-         order by w.stopped_at nulls first, w.last_seen_at desc limit 500",
-    )
-    .fetch_all(db)
-    .await?;
+    let view = queue::view(&state.db, QUEUED_SHOWN).await?;
+    let workers = workers::list_recent(&state.db, STOPPED_SHOWN_SECONDS).await?;
     let now = Utc::now();
-    let live_workers = workers
-        .iter()
-        .filter(|w| w.stopped_at.is_none() && (w.last_seen_age as i64) < WORKER_GONE_SECONDS)
-        .count();
+    let live_workers = workers.iter().filter(|w| !is_gone(w)).count();
     let idle_workers = workers
         .iter()
-        .filter(|w| {
-            w.stopped_at.is_none()
-                && (w.last_seen_age as i64) < WORKER_GONE_SECONDS
-                && w.job_id.is_none()
-        })
+        .filter(|w| !is_gone(w) && w.current_job_id.is_none())
         .count();
     let mut ready_ahead = 0;
-    let waiting = queued
+    let waiting = view
+        .queued
         .into_iter()
-        .enumerate()
-        .map(|(i, job)| {
+        .map(|job| {
             let why = if job.run_after > now {
                 format!(
                     "backing off after attempt {} of {}: eligible in {}",
@@ -143,29 +90,29 @@ async fn show(_: Reader, State(state): State<AppState>) -> Result<Response, Page
             if job.run_after <= now {
                 ready_ahead += 1;
             }
-            Waiting {
-                position: i + 1,
-                job,
-                why,
-            }
+            Waiting { job, why }
         })
         .collect();
-    let running = running
+    let running = view
+        .running
         .into_iter()
-        .map(|j| {
-            let age = j
-                .heartbeat_age
+        .map(|job| Running {
+            heartbeat_age: job
+                .heartbeat_age_seconds
                 .map(|s| human_duration(s.max(0.0) as i64))
-                .unwrap_or_else(|| "never".into());
-            (j, age)
+                .unwrap_or_else(|| "never".into()),
+            lease_left: job
+                .lease_expires_at
+                .map(|t| format!("{:.0}s", (t - now).num_milliseconds() as f64 / 1000.0)),
+            job,
         })
         .collect();
     let workers = workers
         .into_iter()
-        .map(|w| {
-            let gone = w.stopped_at.is_some() || (w.last_seen_age as i64) >= WORKER_GONE_SECONDS;
-            let seen = human_duration(w.last_seen_age.max(0.0) as i64);
-            (w, seen, gone)
+        .map(|worker| Worker {
+            seen: human_duration(worker.last_seen_seconds.max(0.0) as i64),
+            gone: is_gone(&worker),
+            worker,
         })
         .collect();
     render(&QueuePage {
