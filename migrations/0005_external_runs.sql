@@ -100,3 +100,79 @@ begin
 end $$;
 alter table artifact add constraint artifact_kind_known
     check (kind in ('reconstruction', 'checkpoint', 'log', 'file'));
+
+-- One ingest batch in one statement (one round trip, its own transaction):
+-- check the run, mark it seen (a lost run runs again), upsert the points,
+-- rebuild the epoch rows of the steps that carry MAE keys (from all of their
+-- points, so keys sent apart meet in one row), grow epochs_total and refresh
+-- the run summary once. Answers 'ok' with the epochs written, or why not:
+-- 'not_found', 'worker' (a worker's run), or the finished run's status.
+create function ingest_points(p_run uuid, p_keys text[], p_steps bigint[], p_values float8[],
+                              p_times timestamptz[], p_epoch_steps bigint[])
+returns table (outcome text, first_epoch integer, last_epoch integer)
+language plpgsql as $$
+declare
+    v_source text;
+    v_status text;
+begin
+    select r.source, r.status::text into v_source, v_status
+    from run r where r.run_id = p_run for no key update;
+    if not found then
+        return query select 'not_found'::text, null::integer, null::integer;
+        return;
+    end if;
+    if v_source <> 'external' then
+        return query select 'worker'::text, null::integer, null::integer;
+        return;
+    end if;
+    if v_status not in ('running', 'lost') then
+        return query select v_status, null::integer, null::integer;
+        return;
+    end if;
+    if v_status = 'lost' then
+        update run set status = 'running', finished_at = null, error = null, last_seen_at = now()
+        where run_id = p_run;
+    else
+        update run set last_seen_at = now() where run_id = p_run;
+    end if;
+    perform set_config('maelab.batch', 'on', true);
+    insert into metric_point (run_id, key, step, value, wall_time)
+    select p_run, u.k, u.s, u.v, u.t from unnest(p_keys, p_steps, p_values, p_times) as u(k, s, v, t)
+    on conflict (run_id, key, step) do update
+        set value = excluded.value, wall_time = excluded.wall_time, recorded_at = now();
+    if coalesce(array_length(p_epoch_steps, 1), 0) > 0 then
+        insert into epoch_metric (run_id, epoch, train_lr, train_loss, test_loss, test_acc1,
+             test_acc5, n_parameters, psnr, hf_ratio, epoch_seconds, images_per_second, extra)
+        select p_run, p.step::integer,
+               max(p.value) filter (where p.key = 'train_lr'),
+               max(p.value) filter (where p.key = 'train_loss'),
+               max(p.value) filter (where p.key = 'test_loss'),
+               max(p.value) filter (where p.key = 'test_acc1'),
+               max(p.value) filter (where p.key = 'test_acc5'),
+               (max(p.value) filter (where p.key = 'n_parameters'))::bigint,
+               max(p.value) filter (where p.key = 'psnr'),
+               max(p.value) filter (where p.key = 'hf_ratio'),
+               max(p.value) filter (where p.key = 'epoch_seconds'),
+               max(p.value) filter (where p.key = 'images_per_second'),
+               '{}'::jsonb
+        from metric_point p
+        where p.run_id = p_run and p.step = any(p_epoch_steps)
+          and p.key in ('train_lr', 'train_loss', 'test_loss', 'test_acc1', 'test_acc5',
+                        'n_parameters', 'psnr', 'hf_ratio', 'epoch_seconds', 'images_per_second')
+        group by p.step
+        on conflict (run_id, epoch) do update set
+            train_lr = excluded.train_lr, train_loss = excluded.train_loss,
+            test_loss = excluded.test_loss, test_acc1 = excluded.test_acc1,
+            test_acc5 = excluded.test_acc5, n_parameters = excluded.n_parameters,
+            psnr = excluded.psnr, hf_ratio = excluded.hf_ratio,
+            epoch_seconds = excluded.epoch_seconds,
+            images_per_second = excluded.images_per_second, recorded_at = now();
+        update run set epochs_total = greatest(epochs_total, (select max(s) from unnest(p_epoch_steps) s)::integer + 1)
+        where run_id = p_run;
+        perform run_summary_refresh(p_run);
+    end if;
+    perform set_config('maelab.batch', 'off', true);
+    return query select 'ok'::text,
+        (select min(s) from unnest(p_epoch_steps) s)::integer,
+        (select max(s) from unnest(p_epoch_steps) s)::integer;
+end $$;

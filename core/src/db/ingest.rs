@@ -325,34 +325,42 @@ pub async fn record_points(
         s.dedup();
         s
     };
-    let mut tx = pool.begin().await?;
-    writable(&mut tx, run_id).await?;
-    sqlx::query("set local maelab.batch = 'on'")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(
-        "insert into metric_point (run_id, key, step, value, wall_time)
-         select $1, * from unnest($2::text[], $3::bigint[], $4::float8[], $5::timestamptz[])
-         on conflict (run_id, key, step) do update
-             set value = excluded.value, wall_time = excluded.wall_time, recorded_at = now()",
+    let epoch_steps: Vec<i64> = epoch_steps.into_iter().map(i64::from).collect();
+    // One statement, one round trip: the schema's ingest_points does the
+    // run check, the upserts, the epoch rows and the summary in its own
+    // transaction (a batch is stored whole or not at all).
+    let row = sqlx::query(
+        "select outcome, first_epoch, last_epoch
+         from ingest_points($1, $2::text[], $3::bigint[], $4::float8[], $5::timestamptz[], $6::bigint[])",
     )
     .bind(run_id)
     .bind(&keys)
     .bind(&steps)
     .bind(&values)
     .bind(&times)
-    .execute(&mut *tx)
+    .bind(&epoch_steps)
+    .fetch_one(pool)
     .await?;
-    if !epoch_steps.is_empty() {
-        project_epochs(&mut tx, run_id, &epoch_steps).await?;
+    let outcome: String = row.try_get("outcome")?;
+    match outcome.as_str() {
+        "ok" => {}
+        "not_found" => return Err(IngestError::NotFound(run_id)),
+        "worker" => {
+            return Err(IngestError::Conflict(format!(
+                "run {run_id} is trained by a maelab worker; only external runs take metrics over HTTP"
+            )));
+        }
+        other => {
+            return Err(IngestError::Conflict(format!(
+                "run {run_id} is {other}; a finished run takes no more writes"
+            )));
+        }
     }
-    tx.commit().await?;
+    let first: Option<i32> = row.try_get("first_epoch")?;
+    let last_epoch: Option<i32> = row.try_get("last_epoch")?;
     Ok(Recorded {
         points: last.len(),
-        epochs: epoch_steps
-            .first()
-            .zip(epoch_steps.last())
-            .map(|(a, b)| (*a, *b)),
+        epochs: first.zip(last_epoch),
     })
 }
 
@@ -395,57 +403,6 @@ pub async fn notify_batches(
     sqlx::query("select pg_notify('maelab_events', p) from unnest($1::text[]) p")
         .bind(&payloads)
         .execute(pool)
-        .await?;
-    Ok(())
-}
-
-/// Rebuild the epoch rows of `steps` from all of their MAE-key points, then
-/// refresh the run summary once.
-async fn project_epochs(
-    tx: &mut sqlx::PgConnection,
-    run_id: Uuid,
-    steps: &[i32],
-) -> Result<(), IngestError> {
-    sqlx::query(
-        "insert into epoch_metric (run_id, epoch, train_lr, train_loss, test_loss, test_acc1,
-             test_acc5, n_parameters, psnr, hf_ratio, epoch_seconds, images_per_second, extra)
-         select $1, p.step::integer,
-                max(p.value) filter (where p.key = 'train_lr'),
-                max(p.value) filter (where p.key = 'train_loss'),
-                max(p.value) filter (where p.key = 'test_loss'),
-                max(p.value) filter (where p.key = 'test_acc1'),
-                max(p.value) filter (where p.key = 'test_acc5'),
-                (max(p.value) filter (where p.key = 'n_parameters'))::bigint,
-                max(p.value) filter (where p.key = 'psnr'),
-                max(p.value) filter (where p.key = 'hf_ratio'),
-                max(p.value) filter (where p.key = 'epoch_seconds'),
-                max(p.value) filter (where p.key = 'images_per_second'),
-                '{}'::jsonb
-         from metric_point p
-         where p.run_id = $1 and p.step = any($2::bigint[])
-           and p.key in ('train_lr', 'train_loss', 'test_loss', 'test_acc1', 'test_acc5',
-                         'n_parameters', 'psnr', 'hf_ratio', 'epoch_seconds', 'images_per_second')
-         group by p.step
-         on conflict (run_id, epoch) do update set
-             train_lr = excluded.train_lr, train_loss = excluded.train_loss,
-             test_loss = excluded.test_loss, test_acc1 = excluded.test_acc1,
-             test_acc5 = excluded.test_acc5, n_parameters = excluded.n_parameters,
-             psnr = excluded.psnr, hf_ratio = excluded.hf_ratio,
-             epoch_seconds = excluded.epoch_seconds,
-             images_per_second = excluded.images_per_second, recorded_at = now()",
-    )
-    .bind(run_id)
-    .bind(steps.iter().map(|s| i64::from(*s)).collect::<Vec<i64>>())
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("update run set epochs_total = greatest(epochs_total, $2) where run_id = $1")
-        .bind(run_id)
-        .bind(steps.last().map_or(1, |s| s.saturating_add(1)))
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("select run_summary_refresh($1)")
-        .bind(run_id)
-        .execute(&mut *tx)
         .await?;
     Ok(())
 }
