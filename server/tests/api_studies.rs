@@ -167,8 +167,8 @@ async fn results_follow_the_chains_with_intervals_differences_and_verdicts() {
         .expect("runs");
     assert_eq!(runs, 6);
 
-    // Jobs are claimed in submit order: mae seeds 0-2, then wave seeds 0-2.
-    for acc in [50.0, 52.0, 54.0, 60.0, 61.0, 65.0] {
+    // Jobs are claimed seed by seed: mae and wave of seed 0, then of seed 1, ...
+    for acc in [50.0, 60.0, 52.0, 61.0, 54.0, 65.0] {
         work_one(&app.db.pool, &[(1.0, Some(acc))], true).await;
     }
     let study = app.get(&format!("/api/v1/studies/{id}")).await.json();
@@ -241,12 +241,13 @@ async fn overlapping_intervals_say_not_distinguishable_and_failed_chains_count_h
     let app = spawn().await;
     let a = app.post_json("/api/v1/studies", &finetune_study()).await;
     let id = a.json()["study_id"].as_str().expect("id").to_string();
+    // Claimed seed by seed: mae 50, 58, 54; wave 53, 57 and a failed chain.
     for (acc, ok) in [
         (50.0, true),
-        (58.0, true),
-        (54.0, true),
         (53.0, true),
+        (58.0, true),
         (57.0, true),
+        (54.0, true),
         (0.0, false),
     ] {
         work_one(&app.db.pool, &[(1.0, Some(acc))], ok).await;
