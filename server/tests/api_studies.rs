@@ -344,3 +344,19 @@ async fn the_live_stream_sends_progress_when_a_chain_moves() {
     }
     assert_eq!(seen, 1);
 }
+
+#[tokio::test]
+async fn one_seed_a_side_is_not_judged() {
+    let app = spawn().await;
+    let mut one_seed = finetune_study();
+    one_seed["seeds"] = json!(1);
+    let a = app.post_json("/api/v1/studies", &one_seed).await;
+    let id = a.json()["study_id"].as_str().expect("id").to_string();
+    for acc in [50.0, 70.0] {
+        work_one(&app.db.pool, &[(1.0, Some(acc))], true).await;
+    }
+    let study = app.get(&format!("/api/v1/studies/{id}")).await.json();
+    let v = verdict(&study, "wave");
+    assert!(v.contains("Not judged") && v.contains("n = 1"), "{v}");
+    assert!(!v.contains("is better"), "{v}");
+}

@@ -145,17 +145,23 @@ fn verdict(arm: &str, baseline: &str, r: &MetricResult) -> Option<String> {
     } else {
         String::new()
     };
-    let sentence = if c.ci_low > 0.0 || c.ci_high < 0.0 {
+    let n = if n_a == n_b {
+        format!("n = {n_a}")
+    } else {
+        format!("n = {n_a} vs {n_b}")
+    };
+    let sentence = if n_a < 2 || n_b < 2 {
+        // One seed has no spread: its interval is a point, and "excludes 0"
+        // would claim a difference from a single run.
+        format!(
+            "{head}. Not judged: each arm needs at least 2 succeeded seeds ({n}); the per-seed values are listed."
+        )
+    } else if c.distinguishable {
         format!(
             "{head}. {arm} is {} than {baseline}: the interval excludes 0 (n = {n_a} vs {n_b}).{rough}",
             if better { "better" } else { "worse" }
         )
     } else {
-        let n = if n_a == n_b {
-            format!("n = {n_a}")
-        } else {
-            format!("n = {n_a} vs {n_b}")
-        };
         format!("{head}. The interval crosses 0: not distinguishable at {n}.{rough}")
     };
     Some(sentence)
@@ -238,12 +244,14 @@ impl Claim {
             &values(&self.other),
             &BootstrapOptions::default(),
         );
+        // `distinguishable` also needs 2 seeds a side: one seed cannot support a claim.
         let ok = c.as_ref().is_some_and(|c| {
-            if self.greater {
-                c.ci_low > 0.0
-            } else {
-                c.ci_high < 0.0
-            }
+            c.distinguishable
+                && if self.greater {
+                    c.ci_low > 0.0
+                } else {
+                    c.ci_high < 0.0
+                }
         });
         (c, ok)
     }
