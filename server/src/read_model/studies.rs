@@ -192,6 +192,8 @@ pub struct CalibrationRow {
     pub images_per_second: f64,
     pub budget_seconds: f64,
     pub train_images: i64,
+    /// Training images sampled per epoch (the split when it is all of it).
+    pub epoch_images: i64,
     pub epochs: i32,
     /// What the budget buys: seconds x images/s.
     pub budget_images: i64,
@@ -397,9 +399,9 @@ pub async fn calibrations(
 ) -> Result<Vec<CalibrationRow>, sqlx::Error> {
     sqlx::query_as::<_, CalibrationRow>(
         "select k.arm, k.stage::text as stage, k.device, k.gpu_name, k.images_per_second,
-                k.budget_seconds, k.train_images, k.epochs,
+                k.budget_seconds, k.train_images, k.epochs, k.epoch_images,
                 floor(k.budget_seconds * k.images_per_second)::bigint as budget_images,
-                (k.epochs::bigint * k.train_images) as images_seen, k.measured_at
+                (k.epochs::bigint * k.epoch_images) as images_seen, k.measured_at
          from study_calibration k join study_arm a using (study_id, arm)
          where k.study_id = $1 order by a.position, k.stage",
     )
