@@ -156,6 +156,14 @@ fn verdict(arm: &str, baseline: &str, r: &MetricResult) -> Option<String> {
         format!(
             "{head}. Not judged: each arm needs at least 2 succeeded seeds ({n}); the per-seed values are listed."
         )
+    } else if c.distinguishable && c.p_value.is_some_and(|p| p >= 0.05) {
+        // A percentile bootstrap over 2-3 seeds is narrower than its nominal
+        // 95%; when Welch's test disagrees, say so rather than pick one.
+        format!(
+            "{head}. The bootstrap interval excludes 0 but Welch's test does not (p = {:.2}): \
+             suggestive at {n}, not established.{rough}",
+            c.p_value.unwrap_or(1.0)
+        )
     } else if c.distinguishable {
         format!(
             "{head}. {arm} is {} than {baseline}: the interval excludes 0 (n = {n_a} vs {n_b}).{rough}",
@@ -230,7 +238,8 @@ impl Claim {
 
     /// Judge the claim on the succeeded chains: supported when the whole 95%
     /// bootstrap interval of `mean(arm) - mean(other)` is on the claimed side
-    /// of 0. Returns the comparison and whether it supports the claim.
+    /// of 0 and Welch's test agrees (p < 0.05), with 2 or more seeds a side.
+    /// Returns the comparison and whether it supports the claim.
     pub fn judge(&self, chains: &[ChainRow]) -> (Option<Comparison>, bool) {
         let values = |arm: &str| -> Vec<f64> {
             chains
@@ -244,9 +253,11 @@ impl Claim {
             &values(&self.other),
             &BootstrapOptions::default(),
         );
-        // `distinguishable` also needs 2 seeds a side: one seed cannot support a claim.
+        // `distinguishable` also needs 2 seeds a side: one seed cannot support a
+        // claim; and, as in the verdicts, Welch's test must agree (p < 0.05).
         let ok = c.as_ref().is_some_and(|c| {
             c.distinguishable
+                && c.p_value.is_some_and(|p| p < 0.05)
                 && if self.greater {
                     c.ci_low > 0.0
                 } else {
@@ -260,6 +271,50 @@ impl Claim {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn comparison(diff: f64, lo: f64, hi: f64, p: Option<f64>, n: usize) -> MetricResult {
+        MetricResult {
+            metric: "test_acc1",
+            seeds: vec![],
+            values: vec![],
+            summary: stats::summarize(&[], &BootstrapOptions::default()),
+            vs_baseline: Some(Comparison {
+                n_arm: n,
+                n_base: 3,
+                diff,
+                ci_low: lo,
+                ci_high: hi,
+                welch_t: None,
+                welch_df: None,
+                p_value: p,
+                prob_improvement: 0.0,
+                distinguishable: n >= 2 && (lo > 0.0 || hi < 0.0),
+            }),
+        }
+    }
+
+    #[test]
+    fn verdicts_say_what_is_and_is_not_established() {
+        let v = |r: MetricResult| verdict("wave", "mae", &r).unwrap_or_default();
+        let worse = v(comparison(-1.25, -2.18, -0.33, Some(0.01), 3));
+        assert!(worse.contains("wave is worse than mae"), "{worse}");
+        let split = v(comparison(-1.25, -2.18, -0.33, Some(0.17), 2));
+        assert!(
+            split.contains("Welch's test does not (p = 0.17)"),
+            "{split}"
+        );
+        assert!(
+            split.contains("not established") && !split.contains("is worse"),
+            "{split}"
+        );
+        let overlap = v(comparison(-0.5, -1.5, 0.4, Some(0.5), 3));
+        assert!(
+            overlap.contains("not distinguishable at n = 3"),
+            "{overlap}"
+        );
+        let one = v(comparison(0.5, 0.3, 0.7, None, 1));
+        assert!(one.contains("Not judged"), "{one}");
+    }
 
     #[test]
     fn claims_parse_and_name_what_is_wrong() {
