@@ -252,8 +252,13 @@ pub fn check_points(points: &[Point]) -> Result<(), IngestError> {
     Ok(())
 }
 
-/// Lock an external run that can take writes; revive it if it was lost.
-async fn writable(tx: &mut sqlx::PgConnection, run_id: Uuid) -> Result<(), IngestError> {
+/// Lock an external run's row and return its status; a worker's run is a
+/// conflict whose reason ends with `worker_hint`.
+async fn lock_external(
+    tx: &mut sqlx::PgConnection,
+    run_id: Uuid,
+    worker_hint: &str,
+) -> Result<String, IngestError> {
     let row = sqlx::query(
         "select source, status::text as status from run where run_id = $1 for no key update",
     )
@@ -262,12 +267,17 @@ async fn writable(tx: &mut sqlx::PgConnection, run_id: Uuid) -> Result<(), Inges
     .await?
     .ok_or(IngestError::NotFound(run_id))?;
     let source: String = row.try_get("source")?;
-    let status: String = row.try_get("status")?;
     if source != "external" {
         return Err(IngestError::Conflict(format!(
-            "run {run_id} is trained by a maelab worker; only external runs take metrics over HTTP"
+            "run {run_id} is trained by a maelab worker; {worker_hint}"
         )));
     }
+    Ok(row.try_get("status")?)
+}
+
+/// Lock an external run that can take writes; revive it if it was lost.
+async fn writable(tx: &mut sqlx::PgConnection, run_id: Uuid) -> Result<(), IngestError> {
+    let status = lock_external(tx, run_id, "only external runs take metrics over HTTP").await?;
     match status.as_str() {
         "running" => {
             sqlx::query("update run set last_seen_at = now() where run_id = $1")
@@ -441,20 +451,7 @@ pub async fn finish(
     reason: Option<&str>,
 ) -> Result<(), IngestError> {
     let mut tx = pool.begin().await?;
-    let row = sqlx::query(
-        "select source, status::text as status from run where run_id = $1 for no key update",
-    )
-    .bind(run_id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or(IngestError::NotFound(run_id))?;
-    let source: String = row.try_get("source")?;
-    let now: String = row.try_get("status")?;
-    if source != "external" {
-        return Err(IngestError::Conflict(format!(
-            "run {run_id} is trained by a maelab worker; cancel it instead"
-        )));
-    }
+    let now = lock_external(&mut tx, run_id, "cancel it instead").await?;
     if now == status.as_str() {
         return Ok(());
     }
