@@ -66,6 +66,21 @@ pub(crate) fn field_of(path: &str, reason: &str) -> String {
     path.to_string()
 }
 
+/// Give every validation error a field: serde names an unknown key only in
+/// its message.
+pub fn with_fields(errors: ConfigErrors) -> ConfigErrors {
+    ConfigErrors(
+        errors
+            .0
+            .into_iter()
+            .map(|mut e| {
+                e.field = field_of(&e.field, &e.reason);
+                e
+            })
+            .collect(),
+    )
+}
+
 /// serde_json appends " at line L column C", meaningless for a parsed value.
 fn without_position(message: &str) -> &str {
     message.find(" at line ").map_or(message, |i| &message[..i])

@@ -8,9 +8,9 @@ use axum::extract::{Request, State};
 use axum::http::header::LOCATION;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use maelab_core::RunConfig;
 use maelab_core::db::queue::CancelOutcome;
 use maelab_core::db::runs::{self, RunError};
-use maelab_core::{ConfigErrors, RunConfig};
 use serde::Serialize;
 
 use super::extract::{self, StrictQuery};
@@ -30,21 +30,6 @@ impl From<RunError> for AppError {
     }
 }
 
-/// Give every validation error a field: serde names an unknown key only in
-/// its message.
-fn with_fields(errors: ConfigErrors) -> ConfigErrors {
-    ConfigErrors(
-        errors
-            .0
-            .into_iter()
-            .map(|mut e| {
-                e.field = extract::field_of(&e.field, &e.reason);
-                e
-            })
-            .collect(),
-    )
-}
-
 async fn detail(state: &AppState, run_id: uuid::Uuid) -> Result<RunDetail, AppError> {
     read_model::runs::get_run(&state.db, run_id)
         .await?
@@ -58,8 +43,8 @@ pub async fn create(
     req: Request,
 ) -> Result<Response, AppError> {
     let value = extract::json_value(req, state.settings.body_limit).await?;
-    let config =
-        RunConfig::from_json_value(value).map_err(|e| AppError::Invalid(with_fields(e)))?;
+    let config = RunConfig::from_json_value(value)
+        .map_err(|e| AppError::Invalid(extract::with_fields(e)))?;
     let created = runs::create_run(&state.db, &config, Some(&token.name)).await?;
     // The notification reaches the hub a moment later; this client's next
     // list must already show the run.

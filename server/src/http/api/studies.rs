@@ -15,7 +15,6 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
-use maelab_core::ConfigErrors;
 use maelab_core::db::studies::{self, StudyError};
 use maelab_core::study::{ExpandedStudy, StudySpec};
 use serde::{Deserialize, Serialize};
@@ -52,7 +51,8 @@ pub fn expand(body: &[u8], max_runs: usize) -> Result<ExpandedStudy, AppError> {
         .map_err(|e| AppError::bad_request("", format!("malformed JSON: {e}")))?;
     let text = std::str::from_utf8(body)
         .map_err(|_| AppError::bad_request("", "the body is not UTF-8"))?;
-    let spec = StudySpec::from_json_str(text).map_err(|e| AppError::Invalid(with_fields(e)))?;
+    let spec =
+        StudySpec::from_json_str(text).map_err(|e| AppError::Invalid(extract::with_fields(e)))?;
     spec.expand(max_runs).map_err(AppError::Invalid)
 }
 
@@ -60,19 +60,6 @@ pub fn expand(body: &[u8], max_runs: usize) -> Result<ExpandedStudy, AppError> {
 async fn expand_body(req: Request, state: &AppState) -> Result<ExpandedStudy, AppError> {
     let body = extract::json_bytes(req, state.settings.body_limit).await?;
     expand(&body, state.settings.max_study_runs)
-}
-
-fn with_fields(errors: ConfigErrors) -> ConfigErrors {
-    ConfigErrors(
-        errors
-            .0
-            .into_iter()
-            .map(|mut e| {
-                e.field = extract::field_of(&e.field, &e.reason);
-                e
-            })
-            .collect(),
-    )
 }
 
 /// One run a study would queue.
