@@ -6,7 +6,7 @@ pub mod change_clock;
 pub mod cli;
 pub mod embedded_pg;
 pub mod http;
-pub mod ingest_notify;
+pub mod ingest_writer;
 pub mod live;
 pub mod read_model;
 pub mod serve;

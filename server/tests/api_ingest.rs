@@ -398,3 +398,59 @@ async fn an_open_run_stream_follows_an_external_run() {
         }
     }
 }
+
+#[tokio::test]
+async fn concurrent_batches_share_commits_and_keep_their_own_answers() {
+    let app = spawn().await;
+    let mut runs = Vec::new();
+    for i in 0..16 {
+        let (status, run) = external(&app, json!({"name": format!("c{i}")})).await;
+        assert_eq!(status, StatusCode::CREATED, "{run}");
+        runs.push(run["run_id"].as_str().expect("id").to_string());
+    }
+    let finished = runs[0].clone();
+    let a = app
+        .post_json(
+            &format!("/api/v1/runs/{finished}/finish"),
+            &json!({"status": "succeeded"}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    // Every run's epochs 0-4 at once, one request per epoch row: 80 requests
+    // in flight together, so the writers store them in shared transactions.
+    let requests = runs
+        .iter()
+        .flat_map(|id| (0..5u64).map(move |step| (id.clone(), step)));
+    let answers = futures::future::join_all(requests.map(|(id, step)| {
+        let app = &app;
+        async move {
+            let a = app
+                .post_json(
+                    &format!("/api/v1/runs/{id}/metrics"),
+                    &json!({"points": mae_epoch(step, 1.0 / (step + 1) as f64, 10.0 * step as f64)}),
+                )
+                .await;
+            (id, a.status)
+        }
+    }))
+    .await;
+    for (id, status) in &answers {
+        let expected = if *id == finished {
+            StatusCode::CONFLICT
+        } else {
+            StatusCode::OK
+        };
+        assert_eq!(*status, expected, "run {id}");
+    }
+    assert_eq!(
+        points(&app).await,
+        15 * 5 * 5,
+        "nothing from the finished run"
+    );
+    for id in &runs[1..] {
+        let run = app.get(&format!("/api/v1/runs/{id}")).await.json();
+        assert_eq!(run["epochs_done"], 5, "{run}");
+        assert_eq!(run["best_acc1"], 40.0, "{run}");
+        assert_eq!(run["last_loss"], 0.2, "{run}");
+    }
+}

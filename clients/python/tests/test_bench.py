@@ -2,10 +2,14 @@
 
 Measured in the caller's thread while the background thread really batches
 and sends to the (fake) server, so GIL contention with the flusher counts.
+In CI this checks that every point arrives and prints the figure; the bar is
+asserted when benchmarking (`MAELAB_BENCH=1 clients/python/run-tests -m bench -s`),
+not on a shared CI machine where timing is noise (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -44,4 +48,5 @@ def test_log_overhead_under_50_us(fake, make_run, capsys):
             f"\n[bench] run.log() mean per call: {one_key:.2f} µs (1 key, {N:,} calls), "
             f"{seven_keys:.2f} µs (MAE's 7-key log_stats, {N // 10:,} calls); bar 50 µs"
         )
-    assert one_key < 50, f"log() costs {one_key:.1f} µs a call"
+    if os.environ.get("MAELAB_BENCH") == "1":
+        assert one_key < 50 and seven_keys < 50, f"log() costs {one_key:.1f} / {seven_keys:.1f} µs a call"

@@ -4,13 +4,15 @@
 //! The rules:
 //! - creation is idempotent per (token, `client_run_id`): a retried create
 //!   finds the run the first one made;
-//! - a batch of points is one transaction: upserts on (run, key, step) into
-//!   `metric_point` (a retry never duplicates, steps may come in any order,
-//!   a new value for a point replaces the old: last write wins), the MAE keys
-//!   projected into the epoch rows of the steps it touched (from every point
-//!   of those steps, so keys sent in different batches meet in one row) and
-//!   the run summary refreshed once; the notification goes out after the
-//!   commit, merged with other batches' ([`notify_batches`]);
+//! - a batch of points is stored whole or not at all: upserts on (run, key,
+//!   step) into `metric_point` (a retry never duplicates, steps may come in
+//!   any order, a new value for a point replaces the old: last write wins),
+//!   the MAE keys projected into the epoch rows of the steps it touched (a
+//!   key the batch lacks keeps its stored value, so keys sent in different
+//!   batches meet in one row) and the run summary extended or refreshed;
+//!   batches that arrive together share one transaction and commit
+//!   ([`record_group`]); the notification goes out after the commit, merged
+//!   with other batches' ([`notify_batches`]);
 //! - every batch and heartbeat is a sign of life; a running external run
 //!   silent for longer than its `lost_after_seconds` becomes `lost`
 //!   ([`mark_lost`]), and comes back to `running` when its client does;
@@ -303,78 +305,151 @@ async fn writable(tx: &mut sqlx::PgConnection, run_id: Uuid) -> Result<(), Inges
     }
 }
 
-/// Store a batch in one transaction (checked with [`check_points`] first).
-/// The caller notifies listeners afterwards ([`notify_batches`]).
-pub async fn record_points(
-    pool: &PgPool,
-    run_id: Uuid,
-    points: &[Point],
-) -> Result<Recorded, IngestError> {
-    check_points(points)?;
-    // Within a batch, the last point for a (key, step) wins, as it would
-    // across batches; PostgreSQL refuses to upsert one row twice per statement.
-    let mut last: std::collections::HashMap<(&str, u64), &Point> = std::collections::HashMap::new();
-    for p in points {
-        last.insert((p.key.as_str(), p.step), p);
-    }
-    let (mut keys, mut steps, mut values, mut times) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for p in last.values() {
-        keys.push(p.key.clone());
-        steps.push(i64::try_from(p.step).unwrap_or(i64::MAX));
-        values.push(p.value);
-        times.push(p.wall_time);
-    }
-    let epoch_steps: Vec<i32> = {
-        let mut s: Vec<i32> = last
-            .values()
-            .filter(|p| EPOCH_KEYS.iter().any(|(k, _, _)| *k == p.key))
-            .filter_map(|p| i32::try_from(p.step).ok())
+/// A checked batch, one entry per (key, step): the last point wins, as it
+/// would across batches (PostgreSQL refuses to upsert one row twice per
+/// statement).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreparedBatch {
+    points: Vec<Point>,
+    /// Whether each point is one of the [`EPOCH_KEYS`] (lands in an epoch row).
+    epoch: Vec<bool>,
+}
+
+impl PreparedBatch {
+    /// Check the points ([`check_points`]) and keep the last of each (key, step).
+    pub fn new(points: &[Point]) -> Result<Self, IngestError> {
+        check_points(points)?;
+        let mut seen = std::collections::HashSet::with_capacity(points.len());
+        let mut kept: Vec<Point> = points
+            .iter()
+            .rev()
+            .filter(|p| seen.insert((p.key.as_str(), p.step)))
+            .cloned()
             .collect();
-        s.sort_unstable();
-        s.dedup();
-        s
-    };
-    let epoch_steps: Vec<i64> = epoch_steps.into_iter().map(i64::from).collect();
-    // One statement, one round trip: the schema's ingest_points does the
-    // run check, the upserts, the epoch rows and the summary in its own
-    // transaction (a batch is stored whole or not at all).
-    let row = sqlx::query(
-        "select outcome, first_epoch, last_epoch
-         from ingest_points($1, $2::text[], $3::bigint[], $4::float8[], $5::timestamptz[], $6::bigint[])",
+        kept.reverse();
+        let epoch = kept
+            .iter()
+            .map(|p| EPOCH_KEYS.iter().any(|(k, _, _)| *k == p.key))
+            .collect();
+        Ok(Self {
+            points: kept,
+            epoch,
+        })
+    }
+
+    /// Distinct (key, step) points.
+    pub fn len(&self) -> usize {
+        self.points.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+}
+
+/// Store batches that arrived together with one statement, one transaction
+/// and one commit (one disk flush) for all of them, instead of one each
+/// (the schema's `ingest_group`); returns each batch's outcome in the order
+/// given. A batch is still stored whole or not at all: a refused one
+/// (unknown, a worker's or a finished run) writes nothing and the others go
+/// on. A run's batches apply in the order given (the later value of a point
+/// wins). Should the shared statement fail (a deadlock with the lost sweep,
+/// a lost connection), each batch is retried alone.
+pub async fn record_group(
+    pool: &PgPool,
+    batches: &[(Uuid, &PreparedBatch)],
+) -> Vec<Result<Recorded, IngestError>> {
+    match apply(pool, batches).await {
+        Ok(outcomes) => outcomes,
+        Err(e) if batches.len() > 1 => {
+            tracing::warn!(error = %e, batches = batches.len(),
+                "shared ingest statement failed; storing its batches one by one");
+            let mut outcomes = Vec::with_capacity(batches.len());
+            for one in batches {
+                outcomes.push(match apply(pool, std::slice::from_ref(one)).await {
+                    Ok(mut o) => o.pop().unwrap_or(Err(IngestError::NotFound(one.0))),
+                    Err(e) => Err(e.into()),
+                });
+            }
+            outcomes
+        }
+        Err(e) => batches.first().map(|_| Err(e.into())).into_iter().collect(),
+    }
+}
+
+/// One call of `ingest_group` for these batches.
+async fn apply(
+    pool: &PgPool,
+    batches: &[(Uuid, &PreparedBatch)],
+) -> Result<Vec<Result<Recorded, IngestError>>, sqlx::Error> {
+    let total: usize = batches.iter().map(|(_, b)| b.len()).sum();
+    let (mut runs, mut keys, mut steps, mut values, mut times, mut epoch) = (
+        Vec::with_capacity(total),
+        Vec::with_capacity(total),
+        Vec::with_capacity(total),
+        Vec::with_capacity(total),
+        Vec::with_capacity(total),
+        Vec::with_capacity(total),
+    );
+    let mut seen = std::collections::HashSet::new();
+    let repeated_run = batches.iter().any(|(run, _)| !seen.insert(*run));
+    // A run with several batches: each (key, step) once, the latest batch's.
+    let mut taken = std::collections::HashSet::new();
+    for (run_id, batch) in batches.iter().rev() {
+        for (p, is_epoch) in batch.points.iter().zip(&batch.epoch) {
+            if repeated_run && !taken.insert((*run_id, p.key.as_str(), p.step)) {
+                continue;
+            }
+            runs.push(*run_id);
+            keys.push(p.key.as_str());
+            steps.push(i64::try_from(p.step).unwrap_or(i64::MAX));
+            values.push(p.value);
+            times.push(p.wall_time);
+            epoch.push(*is_epoch);
+        }
+    }
+    let rows = sqlx::query(
+        "select run_id, outcome, first_epoch, last_epoch
+         from ingest_group($1, $2::text[], $3, $4, $5, $6)",
     )
-    .bind(run_id)
+    .bind(&runs)
     .bind(&keys)
     .bind(&steps)
     .bind(&values)
     .bind(&times)
-    .bind(&epoch_steps)
-    .fetch_one(pool)
+    .bind(&epoch)
+    .fetch_all(pool)
     .await?;
-    let outcome: String = row.try_get("outcome")?;
-    match outcome.as_str() {
-        "ok" => {}
-        "not_found" => return Err(IngestError::NotFound(run_id)),
-        "worker" => {
-            return Err(IngestError::Conflict(format!(
-                "run {run_id} is trained by a maelab worker; only external runs take metrics over HTTP"
-            )));
-        }
-        other => {
-            return Err(IngestError::Conflict(format!(
-                "run {run_id} is {other}; a finished run takes no more writes"
-            )));
-        }
+    let mut by_run = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let run_id: Uuid = row.try_get("run_id")?;
+        let outcome: String = row.try_get("outcome")?;
+        let first: Option<i32> = row.try_get("first_epoch")?;
+        let last: Option<i32> = row.try_get("last_epoch")?;
+        by_run.insert(run_id, (outcome, first.zip(last)));
     }
-    let first: Option<i32> = row.try_get("first_epoch")?;
-    let last_epoch: Option<i32> = row.try_get("last_epoch")?;
-    Ok(Recorded {
-        points: last.len(),
-        epochs: first.zip(last_epoch),
-    })
+    Ok(batches
+        .iter()
+        .map(|(run_id, batch)| {
+            let run_id = *run_id;
+            match by_run.get(&run_id).map(|(o, e)| (o.as_str(), *e)) {
+                Some(("ok", epochs)) => Ok(Recorded {
+                    points: batch.len(),
+                    epochs,
+                }),
+                None | Some(("not_found", _)) => Err(IngestError::NotFound(run_id)),
+                Some(("worker", _)) => Err(IngestError::Conflict(format!(
+                    "run {run_id} is trained by a maelab worker; only external runs take metrics over HTTP"
+                ))),
+                Some((status, _)) => Err(IngestError::Conflict(format!(
+                    "run {run_id} is {status}; a finished run takes no more writes"
+                ))),
+            }
+        })
+        .collect())
 }
 
-/// What [`record_points`] stored: the distinct points, and the range of
+/// What [`record_group`] stored for a batch: the distinct points, and the range of
 /// epochs whose rows it wrote (for the notification).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recorded {

@@ -5,6 +5,7 @@ pub mod api;
 mod error;
 mod health;
 pub mod pages;
+pub mod security_headers;
 
 use std::sync::Arc;
 
@@ -28,8 +29,8 @@ pub struct AppState {
     pub live: crate::live::Live,
     /// The API's run list, served from memory while no run changed.
     pub run_list: Arc<crate::read_model::run_list_cache::RunListCache>,
-    /// Ingest batches' notifications, sent after their commits.
-    pub ingest_notify: crate::ingest_notify::IngestNotifier,
+    /// Ingest batches' writers: concurrent batches share a commit.
+    pub ingest: crate::ingest_writer::IngestWriter,
 }
 
 impl AppState {
@@ -39,7 +40,7 @@ impl AppState {
             settings: Arc::new(settings),
             live: crate::live::Live::new(),
             run_list: Arc::default(),
-            ingest_notify: Default::default(),
+            ingest: Default::default(),
         }
     }
 }
@@ -47,13 +48,16 @@ impl AppState {
 /// The whole application, without a socket (tests call it with `oneshot`).
 pub fn app(state: AppState) -> Router {
     let static_files = ServeDir::new(&state.settings.static_dir);
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(health::healthz))
         .merge(pages::router())
         .merge(api::router())
         .merge(crate::auth::session::router())
         .nest_service("/static", static_files)
-        .layer(CompressionLayer::new())
+        .fallback(pages::not_found)
+        .layer(CompressionLayer::new());
+    // Outside everything but the trace, so errors and 404s carry them too.
+    security_headers::add(routes)
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

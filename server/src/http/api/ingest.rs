@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use super::extract::{self, StrictJson, StrictQuery};
 use super::paths::RunPath;
-use crate::auth::WriteAccess;
+use crate::auth::{Access, Submit};
 use crate::http::{AppError, AppState};
 use crate::read_model::{self, RunDetail};
 
@@ -138,7 +138,7 @@ async fn detail(state: &AppState, run_id: uuid::Uuid) -> Result<RunDetail, AppEr
 /// `POST /api/v1/runs/external`: 201 with the run, or 200 with the run an
 /// earlier create with the same `client_run_id` made.
 pub async fn create(
-    WriteAccess(token): WriteAccess,
+    Access { token, .. }: Access<Submit>,
     State(state): State<AppState>,
     StrictJson(body): StrictJson<CreateExternal>,
 ) -> Result<Response, AppError> {
@@ -199,14 +199,16 @@ fn wall_time(i: usize, t: Option<f64>) -> Result<Option<DateTime<Utc>>, AppError
     })
 }
 
-/// `POST /api/v1/runs/{run_id}/metrics`: one transaction; the notification
-/// follows the commit (`crate::ingest_notify`).
+/// `POST /api/v1/runs/{run_id}/metrics`: stored whole or not at all, in a
+/// transaction shared with concurrent batches; the notification follows the
+/// commit (`crate::ingest_writer`).
 pub async fn metrics(
-    _: WriteAccess,
+    access: Access<Submit>,
     State(state): State<AppState>,
     RunPath(run_id): RunPath,
     req: Request,
 ) -> Result<Json<Accepted>, AppError> {
+    access.may_change_run(&state.db, run_id).await?;
     let value = extract::json_value(req, state.settings.body_limit).await?;
     // Count before parsing the points: a huge batch is refused as too large.
     if let Some(n) = value
@@ -233,10 +235,7 @@ pub async fn metrics(
             })
         })
         .collect::<Result<Vec<Point>, AppError>>()?;
-    let recorded = ingest::record_points(&state.db, run_id, &points).await?;
-    state
-        .ingest_notify
-        .batch(&state.db, run_id, recorded.epochs);
+    let recorded = state.ingest.record(&state.db, run_id, &points).await?;
     Ok(Json(Accepted {
         accepted: recorded.points,
     }))
@@ -244,10 +243,11 @@ pub async fn metrics(
 
 /// `POST /api/v1/runs/{run_id}/heartbeat`.
 pub async fn heartbeat(
-    _: WriteAccess,
+    access: Access<Submit>,
     State(state): State<AppState>,
     RunPath(run_id): RunPath,
 ) -> Result<Json<serde_json::Value>, AppError> {
+    access.may_change_run(&state.db, run_id).await?;
     let status = ingest::heartbeat(&state.db, run_id).await?;
     Ok(Json(serde_json::json!({"status": status})))
 }
@@ -263,11 +263,12 @@ pub struct Finish {
 
 /// `POST /api/v1/runs/{run_id}/finish`.
 pub async fn finish(
-    _: WriteAccess,
+    access: Access<Submit>,
     State(state): State<AppState>,
     RunPath(run_id): RunPath,
     StrictJson(body): StrictJson<Finish>,
 ) -> Result<Json<RunDetail>, AppError> {
+    access.may_change_run(&state.db, run_id).await?;
     if let Some(r) = &body.reason
         && r.chars().count() > 2000
     {
@@ -297,13 +298,14 @@ pub struct UploadQuery {
 /// the body streamed into the digest (and a buffer up to the artifact limit),
 /// stored only when the digest matches.
 pub async fn upload(
-    _: WriteAccess,
+    access: Access<Submit>,
     State(state): State<AppState>,
     Path((run_id, name)): Path<(String, String)>,
     StrictQuery(q): StrictQuery<UploadQuery>,
     req: Request,
 ) -> Result<(StatusCode, Json<serde_json::Value>), AppError> {
     let run_id = extract::run_id(&run_id)?;
+    access.may_change_run(&state.db, run_id).await?;
     if !read_model::artifacts::valid_name(&name) {
         return Err(AppError::bad_request(
             "name",
