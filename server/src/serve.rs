@@ -31,10 +31,11 @@ impl Server {
                 (pg.url(), Some(pg))
             }
         };
-        if embedded.is_some() {
-            // Workers on this host (scripts/start) read the URL from here.
+        if let Some(pg) = &embedded {
+            // Workers on this host (scripts/start) read the URL from here; it
+            // carries the password, so the file is 0600 and ours alone.
             let path = settings.data_dir.join("database-url");
-            std::fs::write(&path, format!("{url}\n"))
+            pg.write_url_file(&path)
                 .with_context(|| format!("writing {}", path.display()))?;
         }
         let pool = db::connect(&url, settings.db_pool).await?;
@@ -45,6 +46,9 @@ impl Server {
                 settings.bind
             )
         })?;
+        if let Some(line) = settings.exposure_warning() {
+            tracing::warn!("{line}");
+        }
         let state = AppState::new(pool, settings);
         // One LISTEN connection for every page's live updates.
         state.live.spawn_listener(state.db.clone());

@@ -40,6 +40,24 @@ pub struct ServeSettings {
     pub max_study_runs: usize,
 }
 
+impl ServeSettings {
+    /// The one line `maelab serve` logs at start when whoever reaches the
+    /// port can read every run: a `--bind` other than loopback with reads open.
+    /// None when only this host can connect or reads need a token.
+    pub fn exposure_warning(&self) -> Option<String> {
+        if self.bind.ip().to_canonical().is_loopback() || self.require_auth_for_reads {
+            return None;
+        }
+        Some(format!(
+            "listening on {} with reads open: anyone who can reach this address can read every \
+             run, metric and artifact without a token; close reads with --require-auth-for-reads \
+             (MAELAB_REQUIRE_AUTH_FOR_READS=true), or bind 127.0.0.1 behind a reverse proxy \
+             (README: Behind a reverse proxy)",
+            self.bind
+        ))
+    }
+}
+
 impl Default for ServeSettings {
     fn default() -> Self {
         Self {
@@ -51,6 +69,47 @@ impl Default for ServeSettings {
             body_limit: 1024 * 1024,
             db_pool: 16,
             max_study_runs: maelab_core::study::spec::DEFAULT_MAX_RUNS,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(bind: &str, closed: bool) -> ServeSettings {
+        ServeSettings {
+            bind: bind.parse().expect("address"),
+            require_auth_for_reads: closed,
+            ..ServeSettings::default()
+        }
+    }
+
+    #[test]
+    fn only_an_exposed_server_with_open_reads_warns() {
+        for exposed in [
+            "0.0.0.0:8080",
+            "192.168.1.20:80",
+            "[::]:8080",
+            "[2001:db8::1]:443",
+        ] {
+            let line = at(exposed, false).exposure_warning();
+            let line = line.unwrap_or_else(|| panic!("{exposed} should warn"));
+            assert!(line.contains("--require-auth-for-reads"), "{line}");
+            assert!(line.contains(exposed), "{line}");
+            assert_eq!(
+                at(exposed, true).exposure_warning(),
+                None,
+                "{exposed}, closed"
+            );
+        }
+        for local in [
+            "127.0.0.1:8080",
+            "127.0.0.2:80",
+            "[::1]:8080",
+            "[::ffff:127.0.0.1]:80",
+        ] {
+            assert_eq!(at(local, false).exposure_warning(), None, "{local}");
         }
     }
 }

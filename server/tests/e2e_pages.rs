@@ -291,6 +291,31 @@ async fn submit_watch_live_open_reconstruction_and_cancel() {
         "return document.getElementById('status').textContent === 'cancelled' && document.getElementById('cancel-form').hidden && !document.getElementById('retry-form').hidden",
     )
     .await;
+
+    // Signed in, the top bar offers sign-out; it ends the session on the
+    // server, and the bar offers sign-in again.
+    b.until(
+        "the sign-out button",
+        "return !document.getElementById('nav-signout').hidden && document.getElementById('nav-signin').hidden",
+    )
+    .await;
+    c.find(Locator::Css("#nav-signout button"))
+        .await
+        .expect("sign out")
+        .click()
+        .await
+        .expect("click");
+    b.until(
+        "signed out",
+        "return document.getElementById('nav-signout') !== null && document.getElementById('nav-signout').hidden && !document.getElementById('nav-signin').hidden",
+    )
+    .await;
+    let open_sessions: i64 =
+        sqlx::query_scalar("select count(*) from browser_session where revoked_at is null")
+            .fetch_one(pool)
+            .await
+            .expect("sessions");
+    assert_eq!(open_sessions, 0, "sign-out ended the session on the server");
     c.clone().close().await.expect("close");
 }
 

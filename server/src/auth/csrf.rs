@@ -15,7 +15,7 @@ use rand::RngCore;
 
 use crate::http::AppError;
 
-/// The sign-in cookie: the token's secret, HttpOnly.
+/// The sign-in cookie: a server-side session's secret (never a token's), HttpOnly.
 pub const SESSION_COOKIE: &str = "maelab_session";
 /// The double-submit cookie: random, readable by our pages' scripts.
 pub const CSRF_COOKIE: &str = "maelab_csrf";

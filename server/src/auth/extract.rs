@@ -1,16 +1,23 @@
-//! Extractors that say what a handler needs: [`WriteAccess`] (a valid token,
-//! and for a cookie session a same-origin, double-submitted request),
-//! [`ReadAccess`] (a token only when the server closes reads), and
-//! [`CsrfForm`] for HTML form posts, which carry the double-submit value in
-//! their body.
+//! Extractors that say what a handler needs: [`Access<S>`] (a valid token of
+//! scope `S` or above, and for a cookie session a same-origin,
+//! double-submitted request), [`ReadAccess`] (a token only when the server
+//! closes reads), and [`CsrfForm<T, S>`] for HTML form posts, which carry the
+//! double-submit value in their body. Scope and expiry are checked here and
+//! only here; what a `submit` token may change is [`super::ownership`]'s.
+
+use std::marker::PhantomData;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
+use sqlx::PgPool;
+use uuid::Uuid;
 
-use super::csrf;
-use super::tokens::{self, TokenInfo};
+use super::scope::{Needs, Scope};
+use super::session_store::{self, SessionError};
+use super::tokens::{self, TokenInfo, VerifyError};
+use super::{csrf, ownership};
 use crate::http::{AppError, AppState};
 
 /// Who is calling, as established from the request.
@@ -27,15 +34,21 @@ pub enum Caller {
 impl Caller {
     /// The token's name, recorded as `created_by` on what the caller creates.
     pub fn name(&self) -> Option<&str> {
+        self.token().map(|t| t.name.as_str())
+    }
+
+    /// The token, unless anonymous.
+    pub fn token(&self) -> Option<&TokenInfo> {
         match self {
-            Self::Bearer(t) | Self::Session(t) => Some(&t.name),
+            Self::Bearer(t) | Self::Session(t) => Some(t),
             Self::Anonymous => None,
         }
     }
 }
 
 /// Establish the caller. A present but unusable credential is a 401, never
-/// silently anonymous: a CI job with a revoked token must learn it.
+/// silently anonymous: a CI job with a revoked or expired token must learn it,
+/// and a browser whose session ended is signed out.
 pub async fn identify(parts: &Parts, state: &AppState) -> Result<Caller, AppError> {
     if let Some(value) = parts.headers.get(AUTHORIZATION) {
         let secret = value
@@ -46,51 +59,88 @@ pub async fn identify(parts: &Parts, state: &AppState) -> Result<Caller, AppErro
             .ok_or_else(|| {
                 AppError::Unauthorized("the Authorization header must be `Bearer <token>`".into())
             })?;
-        return match tokens::verify(&state.db, secret).await? {
-            Some(t) => Ok(Caller::Bearer(t)),
-            None => Err(AppError::Unauthorized(
-                "the token is unknown or revoked".into(),
-            )),
+        return match tokens::verify(&state.db, secret).await {
+            Ok(t) => Ok(Caller::Bearer(t)),
+            Err(VerifyError::Refused(why)) => Err(AppError::Unauthorized(why.to_string())),
+            Err(VerifyError::Db(e)) => Err(e.into()),
         };
     }
     if let Some(secret) = csrf::cookie(&parts.headers, csrf::SESSION_COOKIE) {
-        return match tokens::verify(&state.db, secret).await? {
-            Some(t) => Ok(Caller::Session(t)),
-            None => Err(AppError::Unauthorized(
-                "your sign-in is no longer valid (the token was revoked); sign in again".into(),
-            )),
+        return match session_store::find(&state.db, secret).await {
+            Ok(t) => Ok(Caller::Session(t)),
+            Err(SessionError::Ended(why)) => {
+                Err(AppError::SignedOut(format!("{why}; sign in again")))
+            }
+            Err(SessionError::Db(e)) => Err(e.into()),
         };
     }
     Ok(Caller::Anonymous)
 }
 
-/// A caller allowed to write. For a cookie session the request must also pass
-/// the origin check and carry the double-submit value in `X-CSRF-Token`
-/// (form posts use [`CsrfForm`] instead, which reads it from the body).
-#[derive(Debug, Clone)]
-pub struct WriteAccess(pub TokenInfo);
+/// Refuse (403) a token whose scope is below `needed`, naming both.
+pub fn require(token: &TokenInfo, needed: Scope) -> Result<(), AppError> {
+    if token.scope.covers(needed) {
+        return Ok(());
+    }
+    Err(AppError::Forbidden(format!(
+        "the token `{}` has scope `{}`; this needs scope `{needed}` or above",
+        token.name, token.scope
+    )))
+}
 
-impl FromRequestParts<AppState> for WriteAccess {
+/// The token of a caller allowed to write, or a 401 saying how to get one.
+fn writer(caller: Caller) -> Result<(TokenInfo, bool), AppError> {
+    match caller {
+        Caller::Bearer(t) => Ok((t, false)),
+        Caller::Session(t) => Ok((t, true)),
+        Caller::Anonymous => Err(AppError::Unauthorized(
+            "writing needs a token: send `Authorization: Bearer <token>` \
+             (create one with `maelab token create --name <name>`) or sign in"
+                .into(),
+        )),
+    }
+}
+
+/// A caller whose token has scope `S` or above. For a cookie session the
+/// request must also pass the origin check and carry the double-submit value
+/// in `X-CSRF-Token` (form posts use [`CsrfForm`] instead, which reads it
+/// from the body).
+#[derive(Debug, Clone)]
+pub struct Access<S: Needs> {
+    pub token: TokenInfo,
+    needs: PhantomData<S>,
+}
+
+impl<S: Needs> Access<S> {
+    /// Refuse (403) unless this caller may change run `run_id` (404 if none).
+    pub async fn may_change_run(&self, db: &PgPool, run_id: Uuid) -> Result<(), AppError> {
+        ownership::check_run(&self.token, db, run_id).await
+    }
+
+    /// Refuse (403) unless this caller may change study `study_id` (404 if none).
+    pub async fn may_change_study(&self, db: &PgPool, study_id: Uuid) -> Result<(), AppError> {
+        ownership::check_study(&self.token, db, study_id).await
+    }
+}
+
+impl<S: Needs> FromRequestParts<AppState> for Access<S> {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        match identify(parts, state).await? {
-            Caller::Bearer(t) => Ok(Self(t)),
-            Caller::Session(t) => {
-                csrf::check_origin(&parts.headers)?;
-                let submitted = parts
-                    .headers
-                    .get(csrf::CSRF_HEADER)
-                    .and_then(|v| v.to_str().ok());
-                csrf::check_double_submit(&parts.headers, submitted)?;
-                Ok(Self(t))
-            }
-            Caller::Anonymous => Err(AppError::Unauthorized(
-                "writing needs a token: send `Authorization: Bearer <token>` \
-                 (create one with `maelab token create --name <name>`) or sign in"
-                    .into(),
-            )),
+        let (token, session) = writer(identify(parts, state).await?)?;
+        if session {
+            csrf::check_origin(&parts.headers)?;
+            let submitted = parts
+                .headers
+                .get(csrf::CSRF_HEADER)
+                .and_then(|v| v.to_str().ok());
+            csrf::check_double_submit(&parts.headers, submitted)?;
         }
+        require(&token, S::SCOPE)?;
+        Ok(Self {
+            token,
+            needs: PhantomData,
+        })
     }
 }
 
@@ -113,22 +163,41 @@ impl FromRequestParts<AppState> for ReadAccess {
                  or sign in"
                     .into(),
             )),
-            caller => Ok(Self(caller)),
+            caller => {
+                if let Some(t) = caller.token() {
+                    require(t, Scope::Read)?;
+                }
+                Ok(Self(caller))
+            }
         }
     }
 }
 
 /// An `application/x-www-form-urlencoded` post from one of our pages, from a
-/// signed-in browser (or a bearer client): origin checked, the `csrf_token`
-/// field matched against the cookie and removed, the rest deserialised into
-/// `T`. Use it for every form that changes something.
+/// signed-in browser (or a bearer client) whose token has scope `S` or above:
+/// origin checked, the `csrf_token` field matched against the cookie and
+/// removed, the rest deserialised into `T`. Use it for every form that
+/// changes something.
 #[derive(Debug, Clone)]
-pub struct CsrfForm<T> {
+pub struct CsrfForm<T, S: Needs> {
     pub token: TokenInfo,
     pub form: T,
+    needs: PhantomData<S>,
 }
 
-impl<T: DeserializeOwned + Send> FromRequest<AppState> for CsrfForm<T> {
+impl<T, S: Needs> CsrfForm<T, S> {
+    /// Refuse (403) unless this caller may change run `run_id` (404 if none).
+    pub async fn may_change_run(&self, db: &PgPool, run_id: Uuid) -> Result<(), AppError> {
+        ownership::check_run(&self.token, db, run_id).await
+    }
+
+    /// Refuse (403) unless this caller may change study `study_id` (404 if none).
+    pub async fn may_change_study(&self, db: &PgPool, study_id: Uuid) -> Result<(), AppError> {
+        ownership::check_study(&self.token, db, study_id).await
+    }
+}
+
+impl<T: DeserializeOwned + Send, S: Needs> FromRequest<AppState> for CsrfForm<T, S> {
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, AppError> {
@@ -151,23 +220,25 @@ impl<T: DeserializeOwned + Send> FromRequest<AppState> for CsrfForm<T> {
             .iter()
             .position(|(k, _)| k == csrf::CSRF_FIELD)
             .map(|i| pairs.remove(i).1);
-        let token = match caller {
-            Caller::Bearer(t) => t,
-            Caller::Session(t) => {
-                csrf::check_origin(&parts.headers)?;
-                csrf::check_double_submit(&parts.headers, submitted.as_deref())?;
-                t
-            }
-            Caller::Anonymous => {
-                return Err(AppError::Unauthorized(
-                    "sign in with a token to change anything".into(),
-                ));
-            }
-        };
+        if matches!(caller, Caller::Anonymous) {
+            return Err(AppError::Unauthorized(
+                "sign in with a token to change anything".into(),
+            ));
+        }
+        let (token, session) = writer(caller)?;
+        if session {
+            csrf::check_origin(&parts.headers)?;
+            csrf::check_double_submit(&parts.headers, submitted.as_deref())?;
+        }
+        require(&token, S::SCOPE)?;
         let encoded = serde_urlencoded::to_string(&pairs)
             .map_err(|e| AppError::bad_request("", format!("malformed form: {e}")))?;
         let form = serde_urlencoded::from_str(&encoded)
             .map_err(|e| AppError::bad_request("", format!("form: {e}")))?;
-        Ok(Self { token, form })
+        Ok(Self {
+            token,
+            form,
+            needs: PhantomData,
+        })
     }
 }

@@ -1,7 +1,9 @@
-//! Browser sign-in: `POST /signin` with a token (form field `token`) sets the
-//! HttpOnly, SameSite=Strict session cookie and the double-submit CSRF cookie;
-//! `POST /signout` clears both. The sign-in form itself is origin-checked, so
-//! another site cannot sign a browser in under the attacker's token.
+//! Browser sign-in: `POST /signin` with a token (form field `token`) starts a
+//! server-side session ([`super::session_store`]) and sets its HttpOnly,
+//! SameSite=Strict cookie and the double-submit CSRF cookie; `POST /signout`
+//! ends the session on the server and clears both. The sign-in form itself is
+//! origin-checked, so another site cannot sign a browser in under the
+//! attacker's token.
 
 use axum::extract::State;
 use axum::http::header::{LOCATION, SET_COOKIE};
@@ -12,11 +14,9 @@ use axum::{Form, Router};
 use serde::Deserialize;
 
 use super::csrf::{self, CSRF_COOKIE, SESSION_COOKIE};
-use super::tokens;
+use super::session_store;
+use super::tokens::{self, VerifyError};
 use crate::http::{AppError, AppState};
-
-/// Browser sessions last this long (seconds); then the user signs in again.
-const SESSION_MAX_AGE: u32 = 7 * 24 * 3600;
 
 /// The sign-in form.
 #[derive(Debug, Deserialize)]
@@ -63,28 +63,55 @@ async fn sign_in(
     Form(form): Form<SignIn>,
 ) -> Result<Response, AppError> {
     csrf::check_origin(&headers)?;
-    let secret = form.token.trim();
-    let Some(token) = tokens::verify(&state.db, secret).await? else {
-        return Err(AppError::Unauthorized(
-            "the token is unknown or revoked".into(),
-        ));
+    let token = match tokens::verify(&state.db, form.token.trim()).await {
+        Ok(t) => t,
+        Err(VerifyError::Refused(why)) => return Err(AppError::Unauthorized(why.to_string())),
+        Err(VerifyError::Db(e)) => return Err(e.into()),
     };
-    tracing::info!(token = %token.name, "browser signed in");
-    // The secret is URL-safe (`mlb_` + hex), so it needs no cookie encoding.
+    // Signing in again replaces this browser's earlier session.
+    if let Some(old) = csrf::cookie(&headers, SESSION_COOKIE) {
+        session_store::end(&state.db, old).await?;
+    }
+    let started = session_store::start(&state.db, &token).await?;
+    tracing::info!(token = %token.name, expires_at = %started.expires_at, "browser signed in");
+    // Both cookies end with the session (whole seconds, at least one).
+    let max_age = (started.expires_at - chrono::Utc::now())
+        .num_seconds()
+        .max(1);
+    // The secret is URL-safe (`mls_` + hex), so it needs no cookie encoding.
     let session = format!(
-        "{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Strict; Max-Age={SESSION_MAX_AGE}"
+        "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}",
+        started.secret
     );
     let csrf_cookie = format!(
-        "{CSRF_COOKIE}={}; Path=/; SameSite=Strict; Max-Age={SESSION_MAX_AGE}",
+        "{CSRF_COOKIE}={}; Path=/; SameSite=Strict; Max-Age={max_age}",
         csrf::new_token()
     );
     see_other(local_path(form.next.as_deref()), &[session, csrf_cookie])
 }
 
-async fn sign_out(headers: HeaderMap) -> Result<Response, AppError> {
+/// Append the `Set-Cookie` headers that remove the session and CSRF
+/// cookies: sign-out, and any answer to a cookie whose session has ended.
+pub fn clear_cookies(headers: &mut HeaderMap) {
+    for name in [SESSION_COOKIE, CSRF_COOKIE] {
+        let clear = format!("{name}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+        if let Ok(value) = HeaderValue::from_str(&clear) {
+            headers.append(SET_COOKIE, value);
+        }
+    }
+}
+
+/// End the session on the server, then clear the cookies; a cookie of an
+/// unknown or ended session is simply cleared.
+async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, AppError> {
     csrf::check_origin(&headers)?;
-    let clear = |name: &str| format!("{name}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
-    see_other("/", &[clear(SESSION_COOKIE), clear(CSRF_COOKIE)])
+    if let Some(secret) = csrf::cookie(&headers, SESSION_COOKIE) {
+        session_store::end(&state.db, secret).await?;
+        tracing::info!("browser signed out");
+    }
+    let mut response = see_other("/", &[])?;
+    clear_cookies(response.headers_mut());
+    Ok(response)
 }
 
 #[cfg(test)]

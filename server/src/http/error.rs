@@ -19,6 +19,10 @@ pub enum AppError {
     /// 401: no usable credentials.
     #[error("{0}")]
     Unauthorized(String),
+    /// 401: the browser's session ended (signed out, expired, its token
+    /// revoked); the answer also clears its cookies.
+    #[error("{0}")]
+    SignedOut(String),
     /// 403: credentials, but not allowed (e.g. a cross-site form post).
     #[error("{0}")]
     Forbidden(String),
@@ -65,7 +69,7 @@ impl AppError {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized(_) | Self::SignedOut(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
@@ -137,6 +141,10 @@ impl IntoResponse for AppError {
                 serde_json::to_value(&errors.0).unwrap_or_default(),
             );
         }
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Self::SignedOut(_) = &self {
+            crate::auth::session::clear_cookies(response.headers_mut());
+        }
+        response
     }
 }

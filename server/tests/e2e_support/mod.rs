@@ -139,3 +139,59 @@ impl Browser {
         }
     }
 }
+
+/// A Chrome DevTools command sent through chromedriver (`goog/cdp/execute`).
+#[derive(Debug)]
+struct Cdp {
+    cmd: &'static str,
+    params: Value,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for Cdp {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/goog/cdp/execute",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (axum::http::Method, Option<String>) {
+        let body = json!({"cmd": self.cmd, "params": self.params});
+        (axum::http::Method::POST, Some(body.to_string()))
+    }
+}
+
+impl Browser {
+    /// From now on every page records its Content-Security-Policy violations
+    /// in `window.maelabCspViolations`, from before its first script runs
+    /// (a listener added after load would miss the page's own).
+    pub async fn watch_csp(&self) {
+        let source = "window.maelabCspViolations = [];
+            document.addEventListener('securitypolicyviolation', function (e) {
+              window.maelabCspViolations.push(e.effectiveDirective + ' blocked ' +
+                (e.blockedURI || 'inline') + ' at ' + e.sourceFile + ':' + e.lineNumber);
+            });";
+        self.client
+            .issue_cmd(Cdp {
+                cmd: "Page.addScriptToEvaluateOnNewDocument",
+                params: json!({ "source": source }),
+            })
+            .await
+            .expect("the CSP watcher is installed");
+    }
+
+    /// The violations the open page reported (see [`Browser::watch_csp`]).
+    pub async fn csp_violations(&self) -> Vec<String> {
+        let v = self.js("return window.maelabCspViolations || null").await;
+        let list = v
+            .as_array()
+            .unwrap_or_else(|| panic!("no CSP watcher on this page ({v}): call watch_csp first"));
+        list.iter()
+            .map(|x| x.as_str().unwrap_or("?").to_string())
+            .collect()
+    }
+}

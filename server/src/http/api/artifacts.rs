@@ -3,13 +3,14 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE, ETAG, X_CONTENT_TYPE_OPTIONS};
+use axum::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE, ETAG};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::extract::StrictQuery;
 use super::paths::{ArtifactPath, RunPath};
 use crate::auth::ReadAccess;
+use crate::http::security_headers::{artifact_content_type, artifact_disposition};
 use crate::http::{AppError, AppState};
 use crate::read_model::artifacts::{self, ArtifactInfo};
 use crate::read_model::runs::run_exists;
@@ -37,8 +38,9 @@ pub async fn list(
     ))
 }
 
-/// `GET /api/v1/runs/{run_id}/artifacts/{name}`: the bytes, as an attachment
-/// with the stored media type (never sniffed) and the sha256 as ETag.
+/// `GET /api/v1/runs/{run_id}/artifacts/{name}`: the bytes with the stored
+/// media type (never sniffed: `nosniff` is on every response), images inline
+/// and anything else as an attachment, and the sha256 as ETag.
 pub async fn download(
     _: ReadAccess,
     State(state): State<AppState>,
@@ -47,13 +49,11 @@ pub async fn download(
     let file = artifacts::fetch(&state.db, run_id, &name)
         .await?
         .ok_or_else(|| AppError::NotFound(format!("artifact {name} of run {run_id}")))?;
-    // `name` passed the schema's alphabet check, so it is safe in the header.
-    let disposition = format!("attachment; filename=\"{name}\"");
+    let media_type = &file.info.media_type;
     let mut response = (
         [
-            (CONTENT_TYPE, file.info.media_type.clone()),
-            (CONTENT_DISPOSITION, disposition),
-            (X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
+            (CONTENT_TYPE, artifact_content_type(media_type)),
+            (CONTENT_DISPOSITION, artifact_disposition(media_type, &name)),
         ],
         file.bytes,
     )

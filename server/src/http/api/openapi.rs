@@ -266,10 +266,19 @@ fn operation(route: &ApiRoute) -> Value {
     responses.insert("400".into(), error_response("malformed request"));
     responses.insert(
         "401".into(),
-        error_response("missing, unknown or revoked token"),
+        error_response("missing, unknown, revoked or expired token"),
     );
     for code in route.errors {
         responses.insert(code.to_string(), error_response("see the reason"));
+    }
+    if route.write {
+        responses.insert(
+            "403".into(),
+            error_response(
+                "the token's scope is too weak (it needs `submit`; a `submit` token changes \
+                 only what it created), or a cross-site browser request",
+            ),
+        );
     }
     let mut op = json!({
         "operationId": route.operation_id,
@@ -305,7 +314,7 @@ pub fn document() -> Value {
         "info": {
             "title": "maelab",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "MAE / Wave-MAE experiment service. Writes need `Authorization: Bearer <token>`; errors are {\"error\", \"field\", \"reason\"}.",
+            "description": "MAE / Wave-MAE experiment service. Writes need `Authorization: Bearer <token>` with scope `submit` (creates runs and studies, changes only its own), `write` or `admin` (change anything); errors are {\"error\", \"field\", \"reason\"}.",
         },
         "paths": paths,
         "components": {

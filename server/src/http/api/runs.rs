@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use super::extract::{self, StrictQuery};
 use super::paths::RunPath;
-use crate::auth::{ReadAccess, WriteAccess};
+use crate::auth::{Access, ReadAccess, Submit};
 use crate::http::{AppError, AppState};
 use crate::read_model::{self, RunDetail, RunFilter, RunPage};
 
@@ -38,7 +38,7 @@ async fn detail(state: &AppState, run_id: uuid::Uuid) -> Result<RunDetail, AppEr
 
 /// `POST /api/v1/runs`: 201 with the run and its `Location`.
 pub async fn create(
-    WriteAccess(token): WriteAccess,
+    Access { token, .. }: Access<Submit>,
     State(state): State<AppState>,
     req: Request,
 ) -> Result<Response, AppError> {
@@ -90,10 +90,11 @@ pub struct Cancelled {
 
 /// `POST /api/v1/runs/{run_id}/cancel`: 409 when the run has finished.
 pub async fn cancel(
-    _: WriteAccess,
+    access: Access<Submit>,
     State(state): State<AppState>,
     RunPath(run_id): RunPath,
 ) -> Result<(StatusCode, Json<Cancelled>), AppError> {
+    access.may_change_run(&state.db, run_id).await?;
     let outcome = runs::cancel_run(&state.db, run_id).await?;
     state.live.changes().tick();
     let (status, outcome) = match outcome {
@@ -107,10 +108,11 @@ pub async fn cancel(
 /// `POST /api/v1/runs/{run_id}/retry`: requeue a failed or cancelled run; 409
 /// otherwise.
 pub async fn retry(
-    _: WriteAccess,
+    access: Access<Submit>,
     State(state): State<AppState>,
     RunPath(run_id): RunPath,
 ) -> Result<Json<RunDetail>, AppError> {
+    access.may_change_run(&state.db, run_id).await?;
     runs::retry_run(&state.db, run_id).await?;
     state.live.changes().tick();
     Ok(Json(detail(&state, run_id).await?))

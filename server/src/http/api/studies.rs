@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use super::extract::{self, StrictQuery};
 use super::paths::StudyPath;
-use crate::auth::{ReadAccess, WriteAccess};
+use crate::auth::{Access, ReadAccess, Submit};
 use crate::http::{AppError, AppState};
 use crate::live::LiveEvent;
 use crate::read_model::studies::{
@@ -199,7 +199,7 @@ pub async fn detail(state: &AppState, study_id: Uuid) -> Result<StudyDetail, App
 
 /// `POST /api/v1/studies`: 201 with the study and its `Location`.
 pub async fn create(
-    WriteAccess(token): WriteAccess,
+    Access { token, .. }: Access<Submit>,
     State(state): State<AppState>,
     req: Request,
 ) -> Result<Response, AppError> {
@@ -261,10 +261,11 @@ pub struct Cancelled {
 
 /// `POST /api/v1/studies/{study_id}/cancel`.
 pub async fn cancel(
-    _: WriteAccess,
+    access: Access<Submit>,
     State(state): State<AppState>,
     StudyPath(study_id): StudyPath,
 ) -> Result<Json<Cancelled>, AppError> {
+    access.may_change_study(&state.db, study_id).await?;
     let done = studies::cancel_study(&state.db, study_id).await?;
     state.live.changes().tick();
     Ok(Json(Cancelled {
@@ -293,11 +294,12 @@ pub struct Retried {
 
 /// `POST /api/v1/studies/{study_id}/retry[?arm=A&seed=S]`.
 pub async fn retry(
-    _: WriteAccess,
+    access: Access<Submit>,
     State(state): State<AppState>,
     StudyPath(study_id): StudyPath,
     StrictQuery(q): StrictQuery<RetryQuery>,
 ) -> Result<Json<Retried>, AppError> {
+    access.may_change_study(&state.db, study_id).await?;
     let chain = match (&q.arm, q.seed) {
         (Some(arm), Some(seed)) => Some((arm.as_str(), seed)),
         (None, None) => None,

@@ -19,7 +19,9 @@ use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{Html, IntoResponse, Redirect, Response};
+use serde::de::DeserializeOwned;
 
+use super::api::extract::StrictQuery;
 use super::{AppError, AppState};
 use crate::auth::ReadAccess;
 use crate::auth::csrf;
@@ -51,12 +53,22 @@ pub enum PageError {
     /// sign-in; answered with the sign-in form.
     #[error("{0}")]
     Unauthorized(String),
+    /// 401: the browser's session ended; the sign-in form, and its cookies
+    /// cleared.
+    #[error("{0}")]
+    SignedOut(String),
     /// 403: a form post from another site, or without its CSRF value.
     #[error("{0}")]
     Forbidden(String),
     /// 409: e.g. cancelling a finished run.
     #[error("{0}")]
     Conflict(String),
+    /// 413: a form post past the body limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// 415: a form post that is not `application/x-www-form-urlencoded`.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// 500: logged, shown generically.
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
@@ -105,8 +117,18 @@ impl IntoResponse for PageError {
             Self::Unauthorized(m) => {
                 return (StatusCode::UNAUTHORIZED, signin::page(m, "/runs")).into_response();
             }
+            Self::SignedOut(m) => {
+                let mut response =
+                    (StatusCode::UNAUTHORIZED, signin::page(m, "/runs")).into_response();
+                crate::auth::session::clear_cookies(response.headers_mut());
+                return response;
+            }
             Self::Forbidden(m) => (StatusCode::FORBIDDEN, "Forbidden", m.clone()),
             Self::Conflict(m) => (StatusCode::CONFLICT, "Not possible now", m.clone()),
+            Self::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "Too large", m.clone()),
+            Self::UnsupportedMediaType(m) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "Not a form", m.clone())
+            }
             Self::Db(_) | Self::Render(_) => {
                 tracing::error!(error = %self, "page failed");
                 (
@@ -137,6 +159,7 @@ impl From<AppError> for PageError {
     fn from(e: AppError) -> Self {
         match e {
             AppError::Unauthorized(m) => Self::Unauthorized(m),
+            AppError::SignedOut(m) => Self::SignedOut(m),
             AppError::Forbidden(m) => Self::Forbidden(m),
             AppError::NotFound(m) => Self::NotFound(m),
             AppError::Conflict(m) => Self::Conflict(m),
@@ -144,8 +167,32 @@ impl From<AppError> for PageError {
                 tracing::error!(error = ?cause, "page failed");
                 Self::BadRequest("the server could not do that; its log has the details".into())
             }
+            e @ (AppError::PayloadTooLarge(_) | AppError::TooManyItems(_)) => {
+                Self::TooLarge(e.to_string())
+            }
+            AppError::UnsupportedMediaType(m) => Self::UnsupportedMediaType(m),
+            AppError::BadRequest { field, reason } if !field.is_empty() => {
+                Self::BadRequest(format!("{field}: {reason}"))
+            }
             other => Self::BadRequest(other.to_string()),
         }
+    }
+}
+
+/// A page's query string read like the API's ([`StrictQuery`]): a value of
+/// the wrong type (`page=abc`, a number past i64) or a repeated parameter is
+/// a 400 page naming the parameter, where axum's `Query` answers plain text.
+/// Unknown parameters are ignored (links with tracking parameters still open).
+pub(crate) struct PageQuery<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PageQuery<T> {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, PageError> {
+        StrictQuery::from_request_parts(parts, state)
+            .await
+            .map(|StrictQuery(q)| Self(q))
+            .map_err(PageError::from)
     }
 }
 
@@ -159,13 +206,17 @@ impl FromRequestParts<AppState> for Reader {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
         match ReadAccess::from_request_parts(parts, state).await {
             Ok(_) => Ok(Self),
-            Err(AppError::Unauthorized(_)) => {
+            Err(e @ (AppError::Unauthorized(_) | AppError::SignedOut(_))) => {
                 let here = parts.uri.path_and_query().map_or("/runs", |p| p.as_str());
                 let to = format!(
                     "/signin?{}",
                     serde_urlencoded::to_string([("next", here)]).unwrap_or_default()
                 );
-                Err(Redirect::to(&to).into_response())
+                let mut response = Redirect::to(&to).into_response();
+                if let AppError::SignedOut(_) = e {
+                    crate::auth::session::clear_cookies(response.headers_mut());
+                }
+                Err(response)
             }
             Err(e) => Err(PageError::from(e).into_response()),
         }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use askama::Template;
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -16,8 +16,8 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::form::{self, FIELDS, Ty, Values};
-use super::{PageError, Reader, csrf_value};
-use crate::auth::extract::CsrfForm;
+use super::{PageError, PageQuery, Reader, csrf_value};
+use crate::auth::{CsrfForm, Submit};
 use crate::http::AppError;
 use crate::http::AppState;
 
@@ -169,7 +169,7 @@ async fn show(
     _: Reader,
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<NewQuery>,
+    PageQuery(q): PageQuery<NewQuery>,
 ) -> Result<Response, PageError> {
     let csrf = csrf_value(&headers);
     let mut cloned_from = None;
@@ -218,9 +218,9 @@ async fn show(
 async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
-    post: Result<CsrfForm<Vec<(String, String)>>, AppError>,
+    post: Result<CsrfForm<Vec<(String, String)>, Submit>, AppError>,
 ) -> Result<Response, PageError> {
-    let CsrfForm { token, form } = post?;
+    let CsrfForm { token, form, .. } = post?;
     let values: Values = form.into_iter().collect();
     let (doc, type_errors) = form::to_document(&values);
     let result = match RunConfig::from_json_value(doc) {

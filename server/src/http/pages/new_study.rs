@@ -7,7 +7,7 @@
 use askama::Template;
 use axum::Router;
 use axum::extract::rejection::FormRejection;
-use axum::extract::{Form, Query, State};
+use axum::extract::{Form, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -16,8 +16,8 @@ use maelab_core::db::studies::{self, StudyError};
 use maelab_core::study::{ExpandedStudy, StudySpec};
 use serde::Deserialize;
 
-use super::{PageError, Reader, csrf_value};
-use crate::auth::extract::CsrfForm;
+use super::{PageError, PageQuery, Reader, csrf_value};
+use crate::auth::{CsrfForm, Submit};
 use crate::http::api::studies::{Preview, preview};
 use crate::http::{AppError, AppState};
 
@@ -200,7 +200,7 @@ async fn show(
     _: Reader,
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(q): Query<NewQuery>,
+    PageQuery(q): PageQuery<NewQuery>,
 ) -> Result<Response, PageError> {
     let document = match q.from.as_deref() {
         Some("docs") => WAVE_MAE_DOC,
@@ -218,7 +218,11 @@ async fn show_preview(
     headers: HeaderMap,
     form: Result<Form<StudyForm>, FormRejection>,
 ) -> Result<Response, PageError> {
-    let Form(form) = form.map_err(|e| PageError::BadRequest(e.body_text()))?;
+    let Form(form) = form.map_err(|e| match e.status() {
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => PageError::UnsupportedMediaType(e.body_text()),
+        StatusCode::PAYLOAD_TOO_LARGE => PageError::TooLarge(e.body_text()),
+        _ => PageError::BadRequest(e.body_text()),
+    })?;
     match check(&form.document, state.settings.max_study_runs) {
         Ok(study) => {
             let view = PreviewView::of(preview(&study), study.chains.len());
@@ -234,9 +238,9 @@ async fn show_preview(
 async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
-    post: Result<CsrfForm<StudyForm>, AppError>,
+    post: Result<CsrfForm<StudyForm, Submit>, AppError>,
 ) -> Result<Response, PageError> {
-    let CsrfForm { token, form } = post?;
+    let CsrfForm { token, form, .. } = post?;
     let study = match check(&form.document, state.settings.max_study_runs) {
         Ok(study) => study,
         Err(errors) => return refused(&page(&state, &headers, form.document, errors, None)),

@@ -5,7 +5,7 @@
 use askama::Template;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -14,10 +14,11 @@ use maelab_core::db::runs;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{PageError, Reader, csrf_value, human_duration, render};
-use crate::auth::extract::CsrfForm;
+use super::{PageError, PageQuery, Reader, csrf_value, human_duration, render};
+use crate::auth::{CsrfForm, Submit};
 use crate::http::AppError;
 use crate::http::AppState;
+use crate::http::security_headers::{artifact_content_type, artifact_disposition};
 use crate::live::{self, Cursor};
 use crate::read_model::artifacts::{self, ArtifactFile, ArtifactInfo};
 use crate::read_model::metrics::{self, EpochRow, StepRow};
@@ -279,7 +280,7 @@ async fn events(
     _: Reader,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(q): Query<EventsQuery>,
+    PageQuery(q): PageQuery<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Response, PageError> {
     let run_id = parse_id(&id)?;
@@ -337,18 +338,16 @@ fn send_artifact(
     {
         return Ok(StatusCode::NOT_MODIFIED.into_response());
     }
-    let mut builder = Response::builder()
-        .header(header::CONTENT_TYPE, file.info.media_type)
+    let media_type = &file.info.media_type;
+    let name = download_as.unwrap_or(&file.info.name);
+    Response::builder()
+        .header(header::CONTENT_TYPE, artifact_content_type(media_type))
+        .header(
+            header::CONTENT_DISPOSITION,
+            artifact_disposition(media_type, name),
+        )
         .header(header::ETAG, etag)
         .header(header::CACHE_CONTROL, "no-cache")
-        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-    if let Some(name) = download_as {
-        builder = builder.header(
-            header::CONTENT_DISPOSITION,
-            format!("attachment; filename=\"{name}\""),
-        );
-    }
-    builder
         .body(Body::from(file.bytes))
         .map_err(|e| PageError::BadRequest(e.to_string()))
 }
@@ -356,10 +355,12 @@ fn send_artifact(
 async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    post: Result<CsrfForm<Vec<(String, String)>>, AppError>,
+    post: Result<CsrfForm<Vec<(String, String)>, Submit>, AppError>,
 ) -> Result<Response, PageError> {
     let run_id = parse_id(&id)?;
-    let CsrfForm { token, .. } = post?;
+    let post = post?;
+    post.may_change_run(&state.db, run_id).await?;
+    let token = post.token;
     tracing::info!(%run_id, by = %token.name, "cancel from the run page");
     runs::cancel_run(&state.db, run_id).await?;
     state.live.changes().tick();
@@ -369,10 +370,12 @@ async fn cancel(
 async fn retry(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    post: Result<CsrfForm<Vec<(String, String)>>, AppError>,
+    post: Result<CsrfForm<Vec<(String, String)>, Submit>, AppError>,
 ) -> Result<Response, PageError> {
     let run_id = parse_id(&id)?;
-    let CsrfForm { token, .. } = post?;
+    let post = post?;
+    post.may_change_run(&state.db, run_id).await?;
+    let token = post.token;
     tracing::info!(%run_id, by = %token.name, "retry from the run page");
     runs::retry_run(&state.db, run_id).await?;
     state.live.changes().tick();

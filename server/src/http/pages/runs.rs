@@ -3,18 +3,22 @@
 
 use askama::Template;
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
-use super::{PageError, Reader, human_duration, render};
+use super::{PageError, PageQuery, Reader, human_duration, render};
 use crate::http::AppState;
 use crate::read_model::runs::list_runs;
 use crate::read_model::{RunFilter, RunSort, RunSummary, SortOrder};
 
 /// Rows per page.
 pub const PAGE_SIZE: i64 = 50;
+
+/// The deepest page ever queried (five million runs in), so the offset of
+/// `?page=999999999999999999` never overflows.
+pub const MAX_PAGE: i64 = 100_000;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -119,12 +123,20 @@ impl ListQuery {
 async fn list(
     _: Reader,
     State(state): State<AppState>,
-    Query(query): Query<ListQuery>,
+    PageQuery(query): PageQuery<ListQuery>,
 ) -> Result<Response, PageError> {
-    let page = query.page.unwrap_or(1).max(1);
+    let asked = query.page.unwrap_or(1);
+    let page = asked.clamp(1, MAX_PAGE);
     let found = list_runs(&state.db, &query.filter(page)).await?;
     let (runs, total) = (found.runs, found.total);
     let pages = ((total + PAGE_SIZE - 1) / PAGE_SIZE).max(1);
+    // A page below 1 or past the last is clamped: sent to the nearest page.
+    let nearest = asked.clamp(1, pages);
+    if nearest != asked {
+        let mut q = query.clone();
+        q.page = Some(nearest);
+        return Ok(Redirect::to(&href(&q)).into_response());
+    }
     let headers = COLUMNS
         .iter()
         .map(|(name, label, _)| {

@@ -3,11 +3,11 @@
 
 use askama::Template;
 use axum::Router;
-use axum::extract::Query;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
+use super::PageQuery;
 use crate::http::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -43,7 +43,7 @@ struct Next {
     next: Option<String>,
 }
 
-async fn show(Query(q): Query<Next>) -> Response {
+async fn show(PageQuery(q): PageQuery<Next>) -> Response {
     page(
         "Sign in with an access token (`maelab token create --name NAME` prints one).",
         q.next.as_deref().unwrap_or("/runs"),

@@ -20,11 +20,12 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maelab_core::db::studies::{self, StudyError};
 use maelab_core::study::Budget;
+use maelab_core::study::spec::valid_arm_name;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{PageError, Reader, csrf_value, human_duration, render};
-use crate::auth::extract::CsrfForm;
+use crate::auth::{CsrfForm, Submit};
 use crate::http::api::studies::{StudyDetail, detail};
 use crate::http::{AppError, AppState};
 use crate::read_model::artifacts;
@@ -564,10 +565,12 @@ async fn show(
 async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    post: Result<CsrfForm<Vec<(String, String)>>, AppError>,
+    post: Result<CsrfForm<Vec<(String, String)>, Submit>, AppError>,
 ) -> Result<Response, PageError> {
     let study_id = parse_id(&id)?;
-    let CsrfForm { token, .. } = post?;
+    let post = post?;
+    post.may_change_study(&state.db, study_id).await?;
+    let token = post.token;
     let done = studies::cancel_study(&state.db, study_id).await?;
     tracing::info!(%study_id, by = %token.name, cancelled = done.cancelled,
                    requested = done.requested, "study cancel from its page");
@@ -586,11 +589,20 @@ struct RetryForm {
 async fn retry(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    post: Result<CsrfForm<RetryForm>, AppError>,
+    post: Result<CsrfForm<RetryForm, Submit>, AppError>,
 ) -> Result<Response, PageError> {
     let study_id = parse_id(&id)?;
-    let CsrfForm { token, form } = post?;
+    let post = post?;
+    post.may_change_study(&state.db, study_id).await?;
+    let CsrfForm { token, form, .. } = post;
     let arm = form.arm.filter(|a| !a.is_empty());
+    // Checked here so that odd text (a NUL, a megabyte) never reaches a query.
+    if let Some(a) = arm.as_deref().filter(|a| !valid_arm_name(a)) {
+        let shown: String = a.chars().take(64).collect();
+        return Err(PageError::BadRequest(format!(
+            "arm `{shown}` is not an arm name: up to 100 letters, digits and `_.=,+-`"
+        )));
+    }
     let seed = form
         .seed
         .filter(|s| !s.is_empty())

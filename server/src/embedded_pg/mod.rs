@@ -1,15 +1,25 @@
 //! The embedded PostgreSQL default: when no `DATABASE_URL` is given, the server
 //! runs a private cluster in its data folder with the system's `initdb` and
-//! `pg_ctl`, on a free loopback port, and stops it on exit.
+//! `pg_ctl`, on a free loopback port, and stops it on exit. Only holders of its
+//! password get in ([`auth`]).
 //!
 //! `initdb` refuses to run as root, so as root the cluster belongs to the
-//! `postgres` system user (Debian's package creates it) and the tools run as it.
+//! `postgres` system user (Debian's package creates it) and the tools run as it;
+//! the password file stays with the account running maelab.
+
+mod auth;
+mod private_file;
 
 use std::net::TcpListener;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions, Connection};
+
+pub use auth::PASSWORD_FILE;
+use auth::Password;
 
 /// Role and database the embedded cluster serves.
 const ROLE: &str = "maelab";
@@ -33,6 +43,15 @@ pub enum EmbeddedPgError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path} must be a private file of the account running maelab: it is {reason}")]
+    NotPrivate { path: PathBuf, reason: String },
+    #[error(
+        "the embedded PostgreSQL in {cluster} refuses the password in {password_file}; restore the file written when the cluster was created, or set DATABASE_URL"
+    )]
+    WrongPassword {
+        cluster: PathBuf,
+        password_file: PathBuf,
+    },
     #[error("embedded PostgreSQL started but cannot be reached: {0}")]
     Connect(#[from] sqlx::Error),
 }
@@ -44,6 +63,8 @@ pub struct EmbeddedPostgres {
     port: u16,
     bin: PathBuf,
     owner: Option<nix::unistd::User>,
+    password: Password,
+    password_file: PathBuf,
     /// Whether this process started the cluster (and so stops it).
     started: bool,
 }
@@ -51,7 +72,8 @@ pub struct EmbeddedPostgres {
 impl EmbeddedPostgres {
     /// Start the cluster in `data_dir/postgres` (creating it on first use), or
     /// reuse one already running there; a stale pid file left by a crash is
-    /// cleared first.
+    /// cleared first. A cluster that still trusts local connections (made by
+    /// an older maelab) gets a password first.
     pub async fn start(data_dir: &Path) -> Result<Self, EmbeddedPgError> {
         let bin = find_bin_dir()?;
         let owner = if nix::unistd::geteuid().is_root() {
@@ -64,20 +86,30 @@ impl EmbeddedPostgres {
         } else {
             None
         };
-        std::fs::create_dir_all(data_dir).map_err(|source| io_err(data_dir, source))?;
+        // Ours alone when we make it; as root, the cluster's OS user must
+        // still pass through it to reach its own folder.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(if owner.is_some() { 0o711 } else { 0o700 })
+            .create(data_dir)
+            .map_err(|source| io_err(data_dir, source))?;
         let data_dir = data_dir
             .canonicalize()
             .map_err(|source| io_err(data_dir, source))?;
         let cluster = data_dir.join("postgres");
+        let password_file = data_dir.join(PASSWORD_FILE);
+        let password = auth::load_or_create(&password_file)?;
         let mut pg = Self {
             cluster,
             port: 0,
             bin,
             owner,
+            password,
+            password_file,
             started: false,
         };
         if !pg.cluster.join("PG_VERSION").exists() {
-            pg.init()?;
+            pg.init(&data_dir)?;
         }
         match pg.running_port() {
             Some(port) => {
@@ -92,13 +124,23 @@ impl EmbeddedPostgres {
                 tracing::info!(port = pg.port, cluster = %pg.cluster.display(), "started embedded PostgreSQL");
             }
         }
-        pg.ensure_database().await?;
+        pg.prepare().await?;
         Ok(pg)
     }
 
-    /// URL of the service database.
+    /// URL of the service database, password included: keep it from other accounts.
     pub fn url(&self) -> String {
-        format!("postgres://{ROLE}@127.0.0.1:{}/{DATABASE}", self.port)
+        format!(
+            "postgres://{ROLE}:{}@127.0.0.1:{}/{DATABASE}",
+            self.password.as_str(),
+            self.port
+        )
+    }
+
+    /// Write [`Self::url`] to `path` for workers on this host: mode 0600, owned
+    /// by the account running maelab, replaced whole.
+    pub fn write_url_file(&self, path: &Path) -> Result<(), EmbeddedPgError> {
+        private_file::write(path, format!("{}\n", self.url()).as_bytes(), None)
     }
 
     pub fn port(&self) -> u16 {
@@ -126,13 +168,28 @@ impl EmbeddedPostgres {
         Ok(())
     }
 
-    fn init(&self) -> Result<(), EmbeddedPgError> {
-        std::fs::create_dir_all(&self.cluster).map_err(|source| io_err(&self.cluster, source))?;
+    /// `initdb` with the password already in place: no moment when the
+    /// cluster trusts anyone.
+    fn init(&self, data_dir: &Path) -> Result<(), EmbeddedPgError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.cluster)
+            .map_err(|source| io_err(&self.cluster, source))?;
         if let Some(owner) = &self.owner {
             nix::unistd::chown(&self.cluster, Some(owner.uid), Some(owner.gid))
                 .map_err(|e| io_err(&self.cluster, e.into()))?;
         }
+        // initdb (as the cluster's owner) reads the password from a file, not
+        // from its command line where `ps` would show it.
+        let pwfile = TempSecret(data_dir.join(".initdb-password"));
+        private_file::write(
+            &pwfile.0,
+            format!("{}\n", self.password.as_str()).as_bytes(),
+            self.owner.as_ref(),
+        )?;
         let cluster = self.cluster.display().to_string();
+        let pwfile_arg = format!("--pwfile={}", pwfile.0.display());
         self.run(
             "initdb",
             "initdb",
@@ -141,7 +198,9 @@ impl EmbeddedPostgres {
                 &cluster,
                 "-U",
                 ROLE,
-                "--auth=trust",
+                "--auth-local=scram-sha-256",
+                "--auth-host=scram-sha-256",
+                &pwfile_arg,
                 "--encoding=UTF8",
                 "--no-locale",
             ],
@@ -152,8 +211,9 @@ impl EmbeddedPostgres {
     fn pg_ctl_start(&self) -> Result<(), EmbeddedPgError> {
         let cluster = self.cluster.display().to_string();
         let log = self.cluster.join("server.log").display().to_string();
-        // No unix socket: the cluster folder may sit on a long path, and TCP on
-        // loopback is all the server uses.
+        // No Unix socket: the cluster folder may sit on a long path, TCP on
+        // loopback is all maelab uses, and a socket in a shared folder would
+        // be one more door to guard.
         let options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''",
             self.port
@@ -195,9 +255,35 @@ impl EmbeddedPostgres {
         Ok(())
     }
 
-    async fn ensure_database(&self) -> Result<(), EmbeddedPgError> {
-        let admin = format!("postgres://{ROLE}@127.0.0.1:{}/postgres", self.port);
-        let mut conn = sqlx::PgConnection::connect(&admin).await?;
+    /// On one connection: require the password (upgrading a trust cluster),
+    /// then create the service database if it is missing.
+    async fn prepare(&self) -> Result<(), EmbeddedPgError> {
+        let admin = PgConnectOptions::new_without_pgpass()
+            .host("127.0.0.1")
+            .port(self.port)
+            .username(ROLE)
+            .password(self.password.as_str())
+            .database("postgres")
+            // The upgrade's ALTER ROLE carries the password.
+            .disable_statement_logging();
+        let mut conn = PgConnection::connect_with(&admin)
+            .await
+            .map_err(|e| match &e {
+                sqlx::Error::Database(db) if db.code().as_deref() == Some("28P01") => {
+                    EmbeddedPgError::WrongPassword {
+                        cluster: self.cluster.clone(),
+                        password_file: self.password_file.clone(),
+                    }
+                }
+                _ => EmbeddedPgError::Connect(e),
+            })?;
+        auth::require_password(
+            &mut conn,
+            &self.password,
+            &self.cluster.join("pg_hba.conf"),
+            self.owner.as_ref(),
+        )
+        .await?;
         let exists: bool =
             sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
                 .bind(DATABASE)
@@ -250,6 +336,19 @@ impl Drop for EmbeddedPostgres {
     fn drop(&mut self) {
         if let Err(e) = self.stop_inner() {
             tracing::error!(error = %e, "stopping embedded PostgreSQL");
+        }
+    }
+}
+
+/// A file removed when dropped, even when the step using it failed.
+struct TempSecret(PathBuf);
+
+impl Drop for TempSecret {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.0.display(), error = %e, "cannot remove temporary password file");
         }
     }
 }
