@@ -22,6 +22,14 @@ impl Server {
     /// Connect (starting the embedded cluster when no URL is set), migrate,
     /// and bind. Every failure here is one line that says what to do.
     pub async fn build(settings: ServeSettings) -> anyhow::Result<Self> {
+        if let Some(dir) = &settings.static_dir
+            && !dir.is_dir()
+        {
+            anyhow::bail!(
+                "--static-dir (MAELAB_STATIC_DIR) {} is not a folder; leave it unset to serve the static files built into maelab",
+                dir.display()
+            );
+        }
         let (url, embedded) = match &settings.database_url {
             Some(url) => (url.clone(), None),
             None => {

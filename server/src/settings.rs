@@ -19,9 +19,11 @@ pub struct ServeSettings {
     #[arg(long, env = "MAELAB_DATA_DIR", default_value = ".maelab")]
     pub data_dir: PathBuf,
 
-    /// Folder of the static files (CSS, vendored chart library).
-    #[arg(long, env = "MAELAB_STATIC_DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../static"))]
-    pub static_dir: PathBuf,
+    /// Serve the static files (CSS, scripts, vendored chart library) from
+    /// this folder instead of the copies compiled into the binary: for
+    /// editing them without a rebuild.
+    #[arg(long, env = "MAELAB_STATIC_DIR")]
+    pub static_dir: Option<PathBuf>,
 
     /// Ask for a token on reads too (by default only writes need one).
     #[arg(long, env = "MAELAB_REQUIRE_AUTH_FOR_READS")]
@@ -64,7 +66,7 @@ impl Default for ServeSettings {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: None,
             data_dir: PathBuf::from(".maelab"),
-            static_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../static")),
+            static_dir: None,
             require_auth_for_reads: false,
             body_limit: 1024 * 1024,
             db_pool: 16,

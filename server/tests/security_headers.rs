@@ -94,7 +94,8 @@ async fn every_route_static_file_artifact_and_error_carries_the_headers() {
 
     // Static files, with types a browser runs under `nosniff`.
     let mut files = Vec::new();
-    files_under(&p.state.settings.static_dir, "", &mut files);
+    let static_dir = std::path::Path::new(maelab_server::http::static_files::SOURCE_DIR);
+    files_under(static_dir, "", &mut files);
     assert!(files.iter().any(|f| f == "run.js"), "{files:?}");
     for file in &files {
         let uri = format!("/static/{file}");

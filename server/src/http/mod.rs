@@ -6,6 +6,7 @@ mod error;
 mod health;
 pub mod pages;
 pub mod security_headers;
+pub mod static_files;
 
 use std::sync::Arc;
 
@@ -13,7 +14,6 @@ use axum::Router;
 use axum::routing::get;
 use sqlx::PgPool;
 use tower_http::compression::CompressionLayer;
-use tower_http::services::ServeDir;
 use tower_http::trace::TraceLayer;
 
 pub use error::{AppError, ErrorBody};
@@ -47,13 +47,12 @@ impl AppState {
 
 /// The whole application, without a socket (tests call it with `oneshot`).
 pub fn app(state: AppState) -> Router {
-    let static_files = ServeDir::new(&state.settings.static_dir);
     let routes = Router::new()
         .route("/healthz", get(health::healthz))
         .merge(pages::router())
         .merge(api::router())
         .merge(crate::auth::session::router())
-        .nest_service("/static", static_files)
+        .merge(static_files::router(state.settings.static_dir.as_deref()))
         .fallback(pages::not_found)
         .layer(CompressionLayer::new());
     // Outside everything but the trace, so errors and 404s carry them too.

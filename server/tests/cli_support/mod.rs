@@ -38,13 +38,21 @@ pub fn free_port() -> u16 {
 
 /// Start `maelab serve` on a fresh database; returns once `/healthz` answers.
 pub async fn serve() -> Server {
+    serve_with(Command::new(BIN), &[]).await
+}
+
+/// [`serve`] through `command`: `maelab` itself, or a launcher whose
+/// arguments end in it, with the working directory and environment set
+/// there; `args` follow `serve --bind …`.
+pub async fn serve_with(mut command: Command, args: &[&str]) -> Server {
     let db = TestDb::new().await.unwrap();
     let (token, _) = maelab_server::auth::tokens::create(&db.pool, "ci")
         .await
         .unwrap();
     let port = free_port();
-    let child = Command::new(BIN)
+    let child = command
         .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        .args(args)
         .env("DATABASE_URL", &db.url)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
