@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::system::devices::{self, CudaDevice};
+
 /// The facts a worker reports about its libtorch and devices.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -11,6 +13,10 @@ pub struct Report {
     pub libtorch_path: Option<String>,
     pub cuda_available: bool,
     pub cuda_device_count: i64,
+    /// Each device libtorch sees, with NVML's name and memory when it loads.
+    pub cuda_devices: Vec<CudaDevice>,
+    /// The `--device` of each worker `scripts/start` starts here.
+    pub worker_devices: Vec<String>,
     pub cudnn_available: bool,
     pub cpu_threads: i32,
     /// Whether freed memory stays in the heap between steps
@@ -21,15 +27,23 @@ pub struct Report {
 /// Ask libtorch.
 pub fn report() -> Report {
     let cuda_available = tch::Cuda::is_available();
+    let cuda_device_count = if cuda_available {
+        tch::Cuda::device_count()
+    } else {
+        0
+    };
+    let cuda_devices = devices::cuda_devices(
+        usize::try_from(cuda_device_count).unwrap_or(0),
+        crate::system::gpu::open().as_ref(),
+        std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref(),
+    );
     Report {
         torch_version: torch_version(),
         libtorch_path: loaded_libtorch().map(|p| p.display().to_string()),
         cuda_available,
-        cuda_device_count: if cuda_available {
-            tch::Cuda::device_count()
-        } else {
-            0
-        },
+        cuda_device_count,
+        worker_devices: devices::worker_devices(&cuda_devices),
+        cuda_devices,
         cudnn_available: cuda_available && tch::Cuda::cudnn_is_available(),
         cpu_threads: tch::get_num_threads(),
         malloc_tuned: crate::malloc_tuning::applied(),
@@ -46,6 +60,14 @@ impl std::fmt::Display for Report {
         )?;
         writeln!(f, "cuda available:    {}", self.cuda_available)?;
         writeln!(f, "cuda devices:      {}", self.cuda_device_count)?;
+        for d in &self.cuda_devices {
+            let memory = d
+                .memory_total_bytes
+                .map(|b| format!("{:.1} GiB", b as f64 / f64::from(1u32 << 30)))
+                .unwrap_or_else(|| "memory unknown".into());
+            let name = d.name.as_deref().unwrap_or("name unknown (no NVML)");
+            writeln!(f, "  cuda:{}           {name}, {memory}", d.index)?;
+        }
         writeln!(f, "cudnn available:   {}", self.cudnn_available)?;
         writeln!(f, "cpu threads:       {}", self.cpu_threads)?;
         let malloc = if self.malloc_tuned {

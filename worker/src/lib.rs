@@ -9,5 +9,6 @@ pub mod malloc_tuning;
 pub mod metrics;
 pub mod model;
 pub mod queue;
+pub mod system;
 pub mod telemetry;
 pub mod train;

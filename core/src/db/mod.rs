@@ -10,6 +10,7 @@ pub mod queue;
 pub mod runs;
 pub mod studies;
 pub mod testing;
+pub mod worker_metrics;
 pub mod workers;
 
 use std::time::Duration;

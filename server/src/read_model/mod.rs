@@ -14,6 +14,7 @@ pub mod run_list_cache;
 pub mod runs;
 pub mod studies;
 pub mod study_results;
+pub mod system_samples;
 pub mod workers;
 
 pub use runs::{RunDetail, RunFilter, RunPage, RunSort, RunSummary, SortOrder};

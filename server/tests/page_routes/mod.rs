@@ -23,6 +23,7 @@ pub const PAGE_ROUTES: &[(&str, &str)] = &[
     ("GET", "/runs/{id}/events"),
     ("GET", "/runs/{id}/artifacts/{artifact_id}"),
     ("GET", "/runs/{id}/log.txt"),
+    ("GET", "/runs/{id}/system.json"),
     ("POST", "/runs/{id}/cancel"),
     ("POST", "/runs/{id}/retry"),
     ("GET", "/compare"),

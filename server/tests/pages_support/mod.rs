@@ -236,3 +236,39 @@ pub const PNG_1X1: &[u8] = &[
     0x1f, 0x00, 0x05, 0x00, 0x01, 0xff, 0x89, 0x99, 0x3d, 0x1d, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45,
     0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
 ];
+
+/// A system sample as a GPU worker sends it with a heartbeat: `cpu` %,
+/// 1.5 GiB resident, GPU 0 at 97 %, `gpu_used_gib` of 80 GiB, 71 °C, 402.4 W.
+pub fn gpu_sample(cpu: f64, gpu_used_gib: i64) -> maelab_core::db::worker_metrics::SystemSample {
+    use maelab_core::db::worker_metrics::{GpuSample, SystemSample};
+    SystemSample {
+        cpu_percent: Some(cpu),
+        rss_bytes: Some(3 << 29),
+        gpus: vec![GpuSample {
+            index: 0,
+            name: Some("Fake H100".into()),
+            utilization_percent: Some(97.0),
+            memory_used_bytes: Some(gpu_used_gib << 30),
+            memory_total_bytes: Some(80 << 30),
+            temperature_c: Some(71.0),
+            power_watts: Some(402.4),
+        }],
+    }
+}
+
+/// Register a worker row as `maelab-worker run` does at start.
+pub async fn register_worker(pool: &sqlx::PgPool, name: &str, device: &str) -> Uuid {
+    maelab_core::db::workers::register(
+        pool,
+        &maelab_core::db::workers::WorkerInfo {
+            name: name.into(),
+            host: "gpu-host".into(),
+            device: device.into(),
+            gpu_name: None,
+            torch_version: "2.11.0".into(),
+            pid: None,
+        },
+    )
+    .await
+    .expect("register")
+}

@@ -15,8 +15,8 @@ pub struct Args {
     /// PostgreSQL URL (falls back to DATABASE_URL).
     #[arg(long, env = "MAELAB_DATABASE_URL")]
     pub database_url: Option<String>,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, env = "MAELAB_DEVICE", default_value = "cpu")]
+    /// auto (the first GPU when libtorch sees one, else the CPU), cpu, cuda or cuda:N.
+    #[arg(long, env = "MAELAB_DEVICE", default_value = "auto")]
     pub device: String,
     /// A name for pages and logs (default: host and device).
     #[arg(long, env = "MAELAB_WORKER_NAME")]
@@ -67,12 +67,11 @@ impl Args {
         let host = hostname::get()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| "worker".into());
+        let device = crate::train::device::resolve_auto(&self.device);
         Ok(Settings {
             database_url,
-            name: self
-                .name
-                .unwrap_or_else(|| format!("{host}/{}", self.device)),
-            device: self.device,
+            name: self.name.unwrap_or_else(|| format!("{host}/{device}")),
+            device,
             poll_interval: seconds(self.poll_interval, "poll-interval")?,
             lease,
             heartbeat_interval: (lease / 3).min(Duration::from_secs(2)),

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use maelab_core::db::queue::{self, ClaimedJob, Lease, QueueError};
 use maelab_core::db::studies::{self, StudyError};
+use maelab_core::db::worker_metrics;
 use maelab_core::db::workers::{self, WorkerInfo};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -34,6 +35,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::events::StopReason;
+use crate::system::Sampler;
 use signals::JobSignals;
 
 /// How a job ended on this worker.
@@ -105,6 +107,8 @@ pub struct Worker {
     device: tch::Device,
     shutdown: Shutdown,
     wake: Arc<Notify>,
+    /// System figures sent with each heartbeat (and each idle poll).
+    sampler: Arc<std::sync::Mutex<Sampler>>,
 }
 
 impl Worker {
@@ -135,7 +139,14 @@ impl Worker {
             .await
             .context("registering the worker")?;
         tracing::info!(%worker_id, name = %settings.name, device = %settings.device, "worker registered");
+        match worker_metrics::prune_older_than(&pool, worker_metrics::RETENTION).await {
+            Ok(n) if n > 0 => tracing::info!(samples = n, "pruned old system samples"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not prune old system samples"),
+        }
+        let sampler = Arc::new(std::sync::Mutex::new(Sampler::for_device(&settings.device)));
         Ok(Self {
+            sampler,
             settings,
             pool,
             hb_pool,
@@ -181,6 +192,14 @@ impl Worker {
                     tracing::warn!(error = %e, "reaper pass failed");
                 }
             }
+            report_system(
+                &self.hb_pool,
+                self.worker_id,
+                None,
+                &self.sampler,
+                self.settings.heartbeat_interval,
+            )
+            .await;
             match queue::claim_next(&self.pool, self.worker_id, self.settings.lease).await {
                 Ok(Some(job)) => {
                     self.run_job(job).await;
@@ -215,6 +234,7 @@ impl Worker {
             self.settings.lease,
             self.settings.heartbeat_interval,
             signals.clone(),
+            self.sampler.clone(),
         ));
         let dir = std::env::temp_dir().join(format!(
             "maelab-job-{}-{}-{}",
@@ -456,6 +476,28 @@ async fn listen(url: String, wake: Arc<Notify>) {
                 }
             }
         }
+    }
+}
+
+/// Sample this process and its GPU and store the sample, tagged with the
+/// job's run. Best effort: a failed write loses one point of a chart, never
+/// the job, so it is logged at debug and not retried.
+pub(crate) async fn report_system(
+    pool: &PgPool,
+    worker_id: Uuid,
+    job_id: Option<i64>,
+    sampler: &std::sync::Mutex<Sampler>,
+    timeout: Duration,
+) {
+    let sample = match sampler.lock() {
+        Ok(mut s) => s.sample(),
+        Err(_) => return, // a panic mid-sample; skip reporting rather than spread it
+    };
+    let write = worker_metrics::record(pool, worker_id, job_id, &sample);
+    match tokio::time::timeout(timeout, write).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "could not store a system sample"),
+        Err(_) => tracing::debug!("storing a system sample timed out"),
     }
 }
 

@@ -10,6 +10,7 @@ use maelab_core::db::queue::{self, Lease, QueueError};
 use sqlx::PgPool;
 
 use crate::events::StopReason;
+use crate::system::Sampler;
 
 /// Why the current job should stop, set from outside the training thread.
 #[derive(Debug)]
@@ -58,6 +59,7 @@ pub async fn heartbeat_loop(
     lease_duration: Duration,
     every: Duration,
     signals: Arc<JobSignals>,
+    sampler: Arc<std::sync::Mutex<Sampler>>,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -70,6 +72,8 @@ pub async fn heartbeat_loop(
                 if hb.cancel_requested && !signals.cancel.swap(true, Ordering::SeqCst) {
                     tracing::info!(job_id = lease.job_id, "cancel requested");
                 }
+                super::report_system(&pool, lease.worker_id, Some(lease.job_id), &sampler, every)
+                    .await;
             }
             Ok(Err(QueueError::LeaseLost { .. })) => {
                 tracing::warn!(job_id = lease.job_id, "lease lost; stopping the job");

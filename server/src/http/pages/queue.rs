@@ -1,5 +1,6 @@
 //! Queue and workers: queued jobs in claim order with why each waits, running
-//! jobs with their worker and heartbeat age, and the workers. Reads
+//! jobs with their worker and heartbeat age, and the workers with the system
+//! figures of their last heartbeat (`static/queue.js` refreshes them). Reads
 //! [`read_model::queue`] and [`read_model::workers`], as `GET /api/v1/queue`
 //! and `GET /api/v1/workers` do.
 
@@ -14,6 +15,7 @@ use super::{PageError, Reader, human_duration, render};
 use crate::http::AppState;
 use crate::read_model::queue::{self, QueueEntry};
 use crate::read_model::workers::{self, LOST_AFTER_SECONDS, WorkerView};
+use maelab_core::db::worker_metrics::StoredSample;
 
 /// Queued jobs shown, from the head.
 const QUEUED_SHOWN: i64 = 500;
@@ -43,6 +45,10 @@ struct Worker {
     worker: WorkerView,
     seen: String,
     gone: bool,
+    /// The last heartbeat's figures in words (empty before the first).
+    cpu: String,
+    memory: String,
+    gpu: String,
 }
 
 #[derive(Template)]
@@ -109,10 +115,16 @@ async fn show(_: Reader, State(state): State<AppState>) -> Result<Response, Page
         .collect();
     let workers = workers
         .into_iter()
-        .map(|worker| Worker {
-            seen: human_duration(worker.last_seen_seconds.max(0.0) as i64),
-            gone: is_gone(&worker),
-            worker,
+        .map(|worker| {
+            let (cpu, memory, gpu) = system_words(worker.system.as_ref());
+            Worker {
+                seen: human_duration(worker.last_seen_seconds.max(0.0) as i64),
+                gone: is_gone(&worker),
+                worker,
+                cpu,
+                memory,
+                gpu,
+            }
         })
         .collect();
     render(&QueuePage {
@@ -120,4 +132,83 @@ async fn show(_: Reader, State(state): State<AppState>) -> Result<Response, Page
         running,
         workers,
     })
+}
+
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// CPU, resident memory and GPU figures of a sample, as the page shows them.
+fn system_words(sample: Option<&StoredSample>) -> (String, String, String) {
+    let Some(s) = sample.map(|s| &s.sample) else {
+        return Default::default();
+    };
+    let cpu = s
+        .cpu_percent
+        .map(|p| format!("{p:.0}%"))
+        .unwrap_or_default();
+    let memory = s
+        .rss_bytes
+        .map(|b| format!("{:.2} GiB", b as f64 / GIB))
+        .unwrap_or_default();
+    let gpu = s
+        .gpus
+        .iter()
+        .map(|g| {
+            let mut parts = vec![format!("cuda:{}", g.index)];
+            if let Some(u) = g.utilization_percent {
+                parts.push(format!("{u:.0}%"));
+            }
+            match (g.memory_used_bytes, g.memory_total_bytes) {
+                (Some(u), Some(t)) => {
+                    parts.push(format!("{:.1}/{:.1} GiB", u as f64 / GIB, t as f64 / GIB))
+                }
+                (Some(u), None) => parts.push(format!("{:.1} GiB", u as f64 / GIB)),
+                _ => {}
+            }
+            if let Some(t) = g.temperature_c {
+                parts.push(format!("{t:.0} °C"));
+            }
+            if let Some(w) = g.power_watts {
+                parts.push(format!("{w:.0} W"));
+            }
+            parts.join(" · ")
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    (cpu, memory, gpu)
+}
+
+#[cfg(test)]
+mod tests {
+    use maelab_core::db::worker_metrics::{GpuSample, SystemSample};
+
+    use super::*;
+
+    #[test]
+    fn figures_in_words() {
+        let sample = StoredSample {
+            sampled_at: Utc::now(),
+            sample: SystemSample {
+                cpu_percent: Some(187.4),
+                rss_bytes: Some(3 << 29),
+                gpus: vec![GpuSample {
+                    index: 1,
+                    name: None,
+                    utilization_percent: Some(97.0),
+                    memory_used_bytes: Some(12 << 30),
+                    memory_total_bytes: Some(80 << 30),
+                    temperature_c: Some(71.0),
+                    power_watts: Some(402.4),
+                }],
+            },
+        };
+        assert_eq!(
+            system_words(Some(&sample)),
+            (
+                "187%".to_string(),
+                "1.50 GiB".to_string(),
+                "cuda:1 · 97% · 12.0/80.0 GiB · 71 °C · 402 W".to_string()
+            )
+        );
+        assert_eq!(system_words(None), Default::default());
+    }
 }

@@ -24,6 +24,7 @@ use crate::read_model::artifacts::{self, ArtifactFile, ArtifactInfo};
 use crate::read_model::metrics::{self, EpochRow, StepRow};
 use crate::read_model::points::{self, KeyInfo};
 use crate::read_model::runs::run_exists;
+use crate::read_model::system_samples;
 use crate::read_model::{self, RunSummary};
 
 pub fn router() -> Router<AppState> {
@@ -32,6 +33,7 @@ pub fn router() -> Router<AppState> {
         .route("/runs/{id}/events", get(events))
         .route("/runs/{id}/artifacts/{artifact_id}", get(artifact))
         .route("/runs/{id}/log.txt", get(log))
+        .route("/runs/{id}/system.json", get(system))
         .route("/runs/{id}/cancel", post(cancel))
         .route("/runs/{id}/retry", post(retry))
 }
@@ -323,6 +325,21 @@ async fn log(
         .await?
         .ok_or_else(|| PageError::NotFound(format!("the log of run {run_id}")))?;
     send_artifact(file, &HeaderMap::new(), Some("log.txt"))
+}
+
+/// The run's system figures (CPU, memory, GPU) over the run, for
+/// `static/run_system.js`.
+async fn system(
+    _: Reader,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
+    let run_id = parse_id(&id)?;
+    if !run_exists(&state.db, run_id).await? {
+        return Err(PageError::NotFound(format!("run {run_id}")));
+    }
+    let columns = system_samples::for_run(&state.db, run_id).await?;
+    Ok(axum::Json(columns).into_response())
 }
 
 fn send_artifact(

@@ -1,0 +1,91 @@
+//! The CPU path of issue 13's items 4 and 5, for real: on a host without
+//! CUDA, `doctor` plans one CPU worker, `run` with the default device
+//! (`auto`) trains on the CPU, and its heartbeats store system samples
+//! (CPU %, resident memory, no GPU) tagged with the run it works on.
+
+mod queue_support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use maelab_core::db::testing::TestDb;
+use queue_support::{load_test_run, wait_for};
+
+fn cuda_available() -> bool {
+    let out = Command::new(env!("CARGO_BIN_EXE_maelab-worker"))
+        .args(["doctor", "--json"])
+        .output()
+        .expect("run doctor");
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let devices = report["cuda_devices"].as_array().expect("cuda_devices");
+    assert_eq!(
+        devices.len() as i64,
+        report["cuda_device_count"].as_i64().expect("count")
+    );
+    report["cuda_available"].as_bool().expect("flag")
+}
+
+#[test]
+fn doctor_plans_one_cpu_worker_without_cuda() {
+    if cuda_available() {
+        eprintln!("CUDA present: the CPU plan is not this host's");
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_maelab-worker"))
+        .args(["doctor", "--worker-devices"])
+        .output()
+        .expect("run doctor");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "cpu\n");
+}
+
+#[tokio::test]
+async fn a_default_worker_trains_on_the_cpu_and_reports_system_samples() {
+    if cuda_available() {
+        eprintln!("CUDA present: auto would pick the GPU");
+        return;
+    }
+    let db = TestDb::new().await.expect("db");
+    let run = load_test_run(&db.pool, 20, 200).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_maelab-worker"))
+        // No --device: the default, auto, must pick the CPU here.
+        .args(["run", "--database-url", &db.url, "--lease-seconds", "3"])
+        .args(["--poll-interval", "0.5"])
+        .env_remove("MAELAB_DEVICE")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn maelab-worker");
+    // Heartbeats every second (lease / 3): two samples of the run in a few.
+    wait_for(
+        &db.pool,
+        "select count(*) from worker_sample where run_id = $1",
+        run.run_id,
+        Duration::from_secs(30),
+        |n| n >= 2,
+    )
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let (device, name): (String, String) = sqlx::query_as("select device, name from worker")
+        .fetch_one(&db.pool)
+        .await
+        .expect("worker");
+    assert_eq!(device, "cpu");
+    assert!(name.ends_with("/cpu"), "{name}");
+    let samples = maelab_core::db::worker_metrics::for_run(&db.pool, run.run_id)
+        .await
+        .expect("samples");
+    assert!(samples.len() >= 2);
+    for s in &samples {
+        assert!(s.sample.rss_bytes.is_some_and(|b| b > 1 << 20), "{s:?}");
+        assert!(s.sample.gpus.is_empty(), "no GPU on the CPU: {s:?}");
+    }
+    assert!(
+        samples.iter().any(|s| s.sample.cpu_percent.is_some()),
+        "a rate after the first reading: {samples:?}"
+    );
+}
