@@ -72,7 +72,24 @@ impl IngestError {
             reason: reason.into(),
         }
     }
+
+    /// A write to a run a worker trains; `hint` says what to do instead.
+    fn worker_run(run_id: Uuid, hint: &str) -> Self {
+        Self::Conflict(format!(
+            "run {run_id} is trained by a maelab worker; {hint}"
+        ))
+    }
+
+    /// A write to a run that has ended (`status`).
+    fn finished(run_id: Uuid, status: &str) -> Self {
+        Self::Conflict(format!(
+            "run {run_id} is {status}; a finished run takes no more writes"
+        ))
+    }
 }
+
+/// What a client is told to do instead of writing a worker's run.
+const ONLY_EXTERNAL: &str = "only external runs take metrics over HTTP";
 
 /// A run to create.
 #[derive(Debug, Clone, PartialEq)]
@@ -270,16 +287,14 @@ async fn lock_external(
     .ok_or(IngestError::NotFound(run_id))?;
     let source: String = row.try_get("source")?;
     if source != "external" {
-        return Err(IngestError::Conflict(format!(
-            "run {run_id} is trained by a maelab worker; {worker_hint}"
-        )));
+        return Err(IngestError::worker_run(run_id, worker_hint));
     }
     Ok(row.try_get("status")?)
 }
 
 /// Lock an external run that can take writes; revive it if it was lost.
 async fn writable(tx: &mut sqlx::PgConnection, run_id: Uuid) -> Result<(), IngestError> {
-    let status = lock_external(tx, run_id, "only external runs take metrics over HTTP").await?;
+    let status = lock_external(tx, run_id, ONLY_EXTERNAL).await?;
     match status.as_str() {
         "running" => {
             sqlx::query("update run set last_seen_at = now() where run_id = $1")
@@ -299,9 +314,7 @@ async fn writable(tx: &mut sqlx::PgConnection, run_id: Uuid) -> Result<(), Inges
             .await?;
             Ok(())
         }
-        other => Err(IngestError::Conflict(format!(
-            "run {run_id} is {other}; a finished run takes no more writes"
-        ))),
+        other => Err(IngestError::finished(run_id, other)),
     }
 }
 
@@ -438,12 +451,8 @@ async fn apply(
                     epochs,
                 }),
                 None | Some(("not_found", _)) => Err(IngestError::NotFound(run_id)),
-                Some(("worker", _)) => Err(IngestError::Conflict(format!(
-                    "run {run_id} is trained by a maelab worker; only external runs take metrics over HTTP"
-                ))),
-                Some((status, _)) => Err(IngestError::Conflict(format!(
-                    "run {run_id} is {status}; a finished run takes no more writes"
-                ))),
+                Some(("worker", _)) => Err(IngestError::worker_run(run_id, ONLY_EXTERNAL)),
+                Some((status, _)) => Err(IngestError::finished(run_id, status)),
             }
         })
         .collect())
