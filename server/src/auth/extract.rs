@@ -8,6 +8,7 @@
 use std::marker::PhantomData;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
@@ -59,11 +60,7 @@ pub async fn identify(parts: &Parts, state: &AppState) -> Result<Caller, AppErro
             .ok_or_else(|| {
                 AppError::Unauthorized("the Authorization header must be `Bearer <token>`".into())
             })?;
-        return match tokens::verify(&state.db, secret).await {
-            Ok(t) => Ok(Caller::Bearer(t)),
-            Err(VerifyError::Refused(why)) => Err(AppError::Unauthorized(why.to_string())),
-            Err(VerifyError::Db(e)) => Err(e.into()),
-        };
+        return Ok(Caller::Bearer(tokens::verify(&state.db, secret).await?));
     }
     if let Some(secret) = csrf::cookie(&parts.headers, csrf::SESSION_COOKIE) {
         return match session_store::find(&state.db, secret).await {
@@ -77,6 +74,16 @@ pub async fn identify(parts: &Parts, state: &AppState) -> Result<Caller, AppErro
     Ok(Caller::Anonymous)
 }
 
+/// An unknown, revoked or expired token is a 401 saying which.
+impl From<VerifyError> for AppError {
+    fn from(e: VerifyError) -> Self {
+        match e {
+            VerifyError::Refused(why) => AppError::Unauthorized(why.to_string()),
+            VerifyError::Db(e) => e.into(),
+        }
+    }
+}
+
 /// Refuse (403) a token whose scope is below `needed`, naming both.
 pub fn require(token: &TokenInfo, needed: Scope) -> Result<(), AppError> {
     if token.scope.covers(needed) {
@@ -88,17 +95,33 @@ pub fn require(token: &TokenInfo, needed: Scope) -> Result<(), AppError> {
     )))
 }
 
-/// The token of a caller allowed to write, or a 401 saying how to get one.
-fn writer(caller: Caller) -> Result<(TokenInfo, bool), AppError> {
-    match caller {
-        Caller::Bearer(t) => Ok((t, false)),
-        Caller::Session(t) => Ok((t, true)),
-        Caller::Anonymous => Err(AppError::Unauthorized(
-            "writing needs a token: send `Authorization: Bearer <token>` \
-             (create one with `maelab token create --name <name>`) or sign in"
-                .into(),
-        )),
-    }
+/// The token of a caller allowed to write with scope `needed`, or a 401
+/// saying how to get one. A cookie session must also pass the origin check
+/// and double-submit `submitted` (from the `X-CSRF-Token` header or the
+/// form's field); a bearer token cannot be attached by another site.
+fn authorize(
+    caller: Caller,
+    headers: &HeaderMap,
+    submitted: Option<&str>,
+    needed: Scope,
+) -> Result<TokenInfo, AppError> {
+    let token = match caller {
+        Caller::Bearer(t) => t,
+        Caller::Session(t) => {
+            csrf::check_origin(headers)?;
+            csrf::check_double_submit(headers, submitted)?;
+            t
+        }
+        Caller::Anonymous => {
+            return Err(AppError::Unauthorized(
+                "writing needs a token: send `Authorization: Bearer <token>` \
+                 (create one with `maelab token create --name <name>`) or sign in"
+                    .into(),
+            ));
+        }
+    };
+    require(&token, needed)?;
+    Ok(token)
 }
 
 /// A caller whose token has scope `S` or above. For a cookie session the
@@ -127,16 +150,12 @@ impl<S: Needs> FromRequestParts<AppState> for Access<S> {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        let (token, session) = writer(identify(parts, state).await?)?;
-        if session {
-            csrf::check_origin(&parts.headers)?;
-            let submitted = parts
-                .headers
-                .get(csrf::CSRF_HEADER)
-                .and_then(|v| v.to_str().ok());
-            csrf::check_double_submit(&parts.headers, submitted)?;
-        }
-        require(&token, S::SCOPE)?;
+        let caller = identify(parts, state).await?;
+        let submitted = parts
+            .headers
+            .get(csrf::CSRF_HEADER)
+            .and_then(|v| v.to_str().ok());
+        let token = authorize(caller, &parts.headers, submitted, S::SCOPE)?;
         Ok(Self {
             token,
             needs: PhantomData,
@@ -225,12 +244,7 @@ impl<T: DeserializeOwned + Send, S: Needs> FromRequest<AppState> for CsrfForm<T,
                 "sign in with a token to change anything".into(),
             ));
         }
-        let (token, session) = writer(caller)?;
-        if session {
-            csrf::check_origin(&parts.headers)?;
-            csrf::check_double_submit(&parts.headers, submitted.as_deref())?;
-        }
-        require(&token, S::SCOPE)?;
+        let token = authorize(caller, &parts.headers, submitted.as_deref(), S::SCOPE)?;
         let encoded = serde_urlencoded::to_string(&pairs)
             .map_err(|e| AppError::bad_request("", format!("malformed form: {e}")))?;
         let form = serde_urlencoded::from_str(&encoded)

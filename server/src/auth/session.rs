@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::csrf::{self, CSRF_COOKIE, SESSION_COOKIE};
 use super::session_store;
-use super::tokens::{self, VerifyError};
+use super::tokens;
 use crate::http::{AppError, AppState};
 
 /// The sign-in form.
@@ -63,11 +63,7 @@ async fn sign_in(
     Form(form): Form<SignIn>,
 ) -> Result<Response, AppError> {
     csrf::check_origin(&headers)?;
-    let token = match tokens::verify(&state.db, form.token.trim()).await {
-        Ok(t) => t,
-        Err(VerifyError::Refused(why)) => return Err(AppError::Unauthorized(why.to_string())),
-        Err(VerifyError::Db(e)) => return Err(e.into()),
-    };
+    let token = tokens::verify(&state.db, form.token.trim()).await?;
     // Signing in again replaces this browser's earlier session.
     if let Some(old) = csrf::cookie(&headers, SESSION_COOKIE) {
         session_store::end(&state.db, old).await?;
