@@ -85,7 +85,7 @@ pub fn device_info(device: tch::Device) -> CalibrationDevice {
     match device {
         tch::Device::Cuda(i) => CalibrationDevice {
             device: format!("cuda:{i}"),
-            gpu_name: super::gpu_name(device),
+            gpu_name: crate::system::gpu_name(device),
         },
         _ => CalibrationDevice {
             device: "cpu".into(),

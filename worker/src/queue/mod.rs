@@ -131,7 +131,7 @@ impl Worker {
                 .map(|h| h.to_string_lossy().into_owned())
                 .unwrap_or_else(|_| "unknown".into()),
             device: settings.device.clone(),
-            gpu_name: gpu_name(device),
+            gpu_name: crate::system::gpu_name(device),
             torch_version: crate::doctor::torch_version(),
             pid: i32::try_from(std::process::id()).ok(),
         };
@@ -144,7 +144,7 @@ impl Worker {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not prune old system samples"),
         }
-        let sampler = Arc::new(std::sync::Mutex::new(Sampler::for_device(&settings.device)));
+        let sampler = Arc::new(std::sync::Mutex::new(Sampler::for_device(device)));
         Ok(Self {
             sampler,
             settings,
@@ -499,22 +499,4 @@ pub(crate) async fn report_system(
         Ok(Err(e)) => tracing::debug!(error = %e, "could not store a system sample"),
         Err(_) => tracing::debug!("storing a system sample timed out"),
     }
-}
-
-/// The GPU's name from `nvidia-smi`, best effort (tch does not expose it).
-fn gpu_name(device: tch::Device) -> Option<String> {
-    let tch::Device::Cuda(index) = device else {
-        return None;
-    };
-    let out = std::process::Command::new("nvidia-smi")
-        .args([
-            "--query-gpu=name",
-            "--format=csv,noheader",
-            "-i",
-            &index.to_string(),
-        ])
-        .output()
-        .ok()?;
-    let name = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (out.status.success() && !name.is_empty()).then_some(name)
 }

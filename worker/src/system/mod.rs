@@ -20,12 +20,14 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// A sampler for a worker on `device` (`cpu` or `cuda:N`), reading GPUs
-    /// through `gpus`. A CPU worker reports no GPU.
-    pub fn new(gpus: Box<dyn GpuSource>, device: &str, cuda_visible_devices: Option<&str>) -> Self {
-        let devices = device
-            .strip_prefix("cuda:")
-            .and_then(|i| i.parse::<usize>().ok())
+    /// A sampler for a worker on CUDA device `cuda_index` (None: the CPU,
+    /// which reports no GPU), reading GPUs through `gpus`.
+    pub fn new(
+        gpus: Box<dyn GpuSource>,
+        cuda_index: Option<usize>,
+        cuda_visible_devices: Option<&str>,
+    ) -> Self {
+        let devices = cuda_index
             .and_then(|cuda| gpu::nvml_index(cuda, cuda_visible_devices).map(|nvml| (cuda, nvml)))
             .into_iter()
             .collect();
@@ -36,10 +38,11 @@ impl Sampler {
         }
     }
 
-    /// For this process: NVML if it loads, `CUDA_VISIBLE_DEVICES` from the environment.
-    pub fn for_device(device: &str) -> Self {
+    /// For this process on `device` (as `parse_device` gave it): NVML if it
+    /// loads, `CUDA_VISIBLE_DEVICES` from the environment.
+    pub fn for_device(device: tch::Device) -> Self {
         let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
-        Self::new(gpu::open(), device, visible.as_deref())
+        Self::new(gpu::open(), cuda_index(device), visible.as_deref())
     }
 
     /// Read everything now.
@@ -68,6 +71,21 @@ impl Sampler {
     }
 }
 
+fn cuda_index(device: tch::Device) -> Option<usize> {
+    match device {
+        tch::Device::Cuda(i) => Some(i),
+        _ => None,
+    }
+}
+
+/// The name of `device`'s GPU as NVML gives it (None on the CPU or without
+/// NVML): what the worker's row and a study's calibration show.
+pub fn gpu_name(device: tch::Device) -> Option<String> {
+    let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+    let nvml = gpu::nvml_index(cuda_index(device)?, visible.as_deref())?;
+    gpu::open().read(nvml)?.name
+}
+
 fn to_sample(cuda_index: usize, r: gpu::GpuReading) -> GpuSample {
     GpuSample {
         index: i32::try_from(cuda_index).unwrap_or(i32::MAX),
@@ -87,7 +105,7 @@ mod tests {
 
     #[test]
     fn a_gpu_worker_reports_its_own_gpu() {
-        let mut sampler = Sampler::new(Box::new(FakeGpus), "cuda:0", Some("1"));
+        let mut sampler = Sampler::new(Box::new(FakeGpus), Some(0), Some("1"));
         let sample = sampler.sample();
         assert_eq!(
             sample.gpus,
@@ -106,9 +124,9 @@ mod tests {
 
     #[test]
     fn cpu_workers_and_hosts_without_nvml_report_cpu_only() {
-        let mut cpu = Sampler::new(Box::new(FakeGpus), "cpu", None);
+        let mut cpu = Sampler::new(Box::new(FakeGpus), None, None);
         assert!(cpu.sample().gpus.is_empty());
-        let mut no_nvml = Sampler::new(Box::new(NoGpus), "cuda:0", None);
+        let mut no_nvml = Sampler::new(Box::new(NoGpus), Some(0), None);
         let first = no_nvml.sample();
         assert!(first.gpus.is_empty());
         assert_eq!(first.cpu_percent, None, "a rate needs two readings");
