@@ -68,9 +68,10 @@ async fn samples_are_stored_per_run_and_pruned_by_age() {
     .await
     .expect("second");
 
-    let latest = worker_metrics::latest(&db.pool, worker_id)
+    let latest = worker_metrics::latest(&db.pool, &[worker_id])
         .await
         .expect("latest")
+        .remove(&worker_id)
         .expect("a sample");
     assert_eq!(latest.sample, sample(150.0, 2 << 30));
 

@@ -2,6 +2,7 @@
 //! resident memory, and per GPU the NVML figures. One insert per heartbeat;
 //! the history is bounded by age ([`prune_older_than`]).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -99,19 +100,30 @@ pub async fn prune_older_than<'e>(
     Ok(done.rows_affected())
 }
 
-/// The newest sample of `worker_id`, if any.
+/// The newest sample of each of `worker_ids` that has sent one (one query
+/// for a whole workers page).
 pub async fn latest<'e>(
     db: impl PgExecutor<'e>,
-    worker_id: Uuid,
-) -> Result<Option<StoredSample>, sqlx::Error> {
-    let row: Option<SampleRow> = sqlx::query_as(
-        "select sampled_at, cpu_percent, rss_bytes, gpus from worker_sample
-         where worker_id = $1 order by sampled_at desc limit 1",
+    worker_ids: &[Uuid],
+) -> Result<HashMap<Uuid, StoredSample>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Latest {
+        worker_id: Uuid,
+        #[sqlx(flatten)]
+        sample: SampleRow,
+    }
+    let rows: Vec<Latest> = sqlx::query_as(
+        "select distinct on (worker_id) worker_id, sampled_at, cpu_percent, rss_bytes, gpus
+         from worker_sample where worker_id = any($1)
+         order by worker_id, sampled_at desc",
     )
-    .bind(worker_id)
-    .fetch_optional(db)
+    .bind(worker_ids)
+    .fetch_all(db)
     .await?;
-    Ok(row.map(Into::into))
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.worker_id, r.sample.into()))
+        .collect())
 }
 
 /// The samples taken while `run_id`'s jobs ran, oldest first.

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use maelab_core::db::worker_metrics::{GpuSample, StoredSample, SystemSample};
+use maelab_core::db::worker_metrics::{self, StoredSample};
 
 use super::ReadError;
 
@@ -64,8 +64,7 @@ async fn select(
         "select w.worker_id, w.name, w.host, w.device, w.gpu_name, w.torch_version, w.pid,
                 w.started_at, w.last_seen_at, w.stopped_at,
                 extract(epoch from now() - w.last_seen_at)::float8 as last_seen_seconds,
-                j.job_id, j.run_id, r.name as run_name,
-                s.sampled_at, s.cpu_percent, s.rss_bytes, s.gpus
+                j.job_id, j.run_id, r.name as run_name
          from worker w
          left join lateral (
              select job_id, run_id from job
@@ -73,11 +72,6 @@ async fn select(
              order by job_id limit 1
          ) j on true
          left join run r on r.run_id = j.run_id
-         left join lateral (
-             select sampled_at, cpu_percent, rss_bytes, gpus from worker_sample
-             where worker_id = w.worker_id
-             order by sampled_at desc limit 1
-         ) s on true
          where $1 or w.stopped_at is null
             or w.last_seen_at > now() - make_interval(secs => $2)
          order by w.stopped_at is not null, w.started_at desc",
@@ -86,8 +80,14 @@ async fn select(
     .bind(stopped_seen_within_seconds)
     .fetch_all(pool)
     .await?;
+    let ids = rows
+        .iter()
+        .map(|r| r.try_get("worker_id"))
+        .collect::<Result<Vec<Uuid>, _>>()?;
+    let mut samples = worker_metrics::latest(pool, &ids).await?;
     rows.iter()
         .map(|r| {
+            let worker_id: Uuid = r.try_get("worker_id")?;
             let stopped_at: Option<DateTime<Utc>> = r.try_get("stopped_at")?;
             let seen: f64 = r.try_get("last_seen_seconds")?;
             let job_id: Option<i64> = r.try_get("job_id")?;
@@ -100,23 +100,8 @@ async fn select(
             } else {
                 "idle"
             };
-            let sampled_at: Option<DateTime<Utc>> = r.try_get("sampled_at")?;
-            let system = match sampled_at {
-                Some(sampled_at) => Some(StoredSample {
-                    sampled_at,
-                    sample: SystemSample {
-                        cpu_percent: r.try_get::<Option<f32>, _>("cpu_percent")?.map(f64::from),
-                        rss_bytes: r.try_get("rss_bytes")?,
-                        gpus: r
-                            .try_get::<Option<sqlx::types::Json<Vec<GpuSample>>>, _>("gpus")?
-                            .map(|j| j.0)
-                            .unwrap_or_default(),
-                    },
-                }),
-                None => None,
-            };
             Ok(WorkerView {
-                worker_id: r.try_get("worker_id")?,
+                worker_id,
                 name: r.try_get("name")?,
                 host: r.try_get("host")?,
                 device: r.try_get("device")?,
@@ -131,7 +116,7 @@ async fn select(
                 current_run_id: r.try_get("run_id")?,
                 current_run_name: r.try_get("run_name")?,
                 current_job_id: job_id,
-                system,
+                system: samples.remove(&worker_id),
             })
         })
         .collect::<Result<_, sqlx::Error>>()
