@@ -2,9 +2,8 @@
 // epoch columns (charted above by run.js), one chart per group (the part of
 // the key before the first `/`), one series per key, read from the API.
 // Live: each `epoch` event of the page's stream (run.js's EventSource) reads
-// the keys again and only the points after the last step drawn. A batch of
-// only other keys sends no event, so while the run runs a slow timer does
-// the same read.
+// the keys again and only the points after the last step drawn, as does each
+// `points` event (an ingest batch of only other keys, which writes no epoch).
 "use strict";
 (function () {
   const section = document.getElementById("metric-groups");
@@ -16,7 +15,6 @@
   const smoothBox = document.getElementById("smoothing");
   const skip = {};
   G.epoch_keys.forEach(function (k) { skip[k] = true; });
-  const FALLBACK_MS = 10000;
 
   const known = {};   // key -> {group, step: [], value: []}
   const groups = [];  // [{name, keys: [], el, chart, log}] in the order first seen
@@ -113,24 +111,13 @@
     });
   }
 
-  let timer = null;
-  function follow(status) {
-    G.status = status;
-    const running = status === "running";
-    if (running && !timer) {
-      timer = setInterval(function () { if (!document.hidden) refresh(); }, FALLBACK_MS);
-    } else if (!running && timer) {
-      clearInterval(timer);
-      timer = null;
-    }
-  }
-
   const es = window.maelabEvents;
   if (es) {
     es.addEventListener("epoch", refresh);
+    es.addEventListener("points", refresh);
     es.addEventListener("status", function (ev) {
       const was = G.status;
-      follow(JSON.parse(ev.data).status);
+      G.status = JSON.parse(ev.data).status;
       // The run ended: what its last batch wrote.
       if (was === "running" && G.status !== "running") refresh();
     });
@@ -154,6 +141,5 @@
     refresh: refresh,
   };
   window.maelabGenericCharts = api;
-  follow(G.status);
   refresh();
 })();

@@ -31,6 +31,8 @@ use crate::read_model::RunSummary;
 use crate::read_model::artifacts::{self, ArtifactInfo};
 use crate::read_model::metrics::{self, EpochRow, STEP_CHUNK, StepRow};
 use crate::read_model::runs;
+use crate::read_model::system_samples::SystemPoint;
+use maelab_core::db::worker_metrics::{self, SampleOf};
 
 /// The channel the schema's triggers notify on.
 pub const CHANNEL: &str = "maelab_events";
@@ -73,6 +75,13 @@ pub enum LiveEvent {
     Recons(Arc<Batch<ArtifactInfo>>),
     /// A study changed without a run changing (an arm was calibrated).
     StudyChanged(Uuid),
+    /// An ingest batch wrote points of other keys than the epoch columns
+    /// and no epoch row (the run page's logged-metrics charts read them).
+    Points(Uuid),
+    /// A worker reported its system figures (with each heartbeat).
+    WorkerSample(Arc<SampleOf>),
+    /// A worker started or stopped.
+    WorkerChanged(Uuid),
     /// Notifications may have been lost (the LISTEN connection dropped):
     /// every stream re-reads what it missed.
     Resync,
@@ -129,7 +138,9 @@ impl Live {
 /// A trigger's payload.
 #[derive(Debug, Deserialize)]
 struct Note {
-    run_id: Uuid,
+    /// None for a worker's own rows (an idle worker's sample, its start).
+    #[serde(default)]
+    run_id: Option<Uuid>,
     table: String,
     #[serde(default)]
     epoch: Option<i32>,
@@ -138,6 +149,10 @@ struct Note {
     last_epoch: Option<i32>,
     #[serde(default)]
     study_id: Option<Uuid>,
+    #[serde(default)]
+    worker_id: Option<Uuid>,
+    #[serde(default)]
+    sample_id: Option<i64>,
 }
 
 /// Most epoch rows one ingest notification fans out; a longer range reads
@@ -232,29 +247,52 @@ async fn fan_out(
     let mut ranges = Vec::new();
     let mut steps = Vec::new();
     let mut recons = Vec::new();
+    let mut samples = Vec::new();
     let mut seen = HashSet::new();
     for n in notes {
-        if !seen.insert((n.run_id, n.table.clone(), n.epoch, n.study_id)) {
+        let key = (
+            n.run_id,
+            n.table.clone(),
+            n.epoch,
+            n.study_id,
+            n.worker_id,
+            n.sample_id,
+        );
+        if !seen.insert(key) {
             continue;
         }
-        match n.table.as_str() {
-            "run" => runs.push(n.run_id),
-            "epoch_metric" => epochs.extend(n.epoch.map(|e| (n.run_id, e))),
+        match (n.table.as_str(), n.run_id) {
+            ("run", Some(run_id)) => runs.push(run_id),
+            ("epoch_metric", Some(run_id)) => epochs.extend(n.epoch.map(|e| (run_id, e))),
             // An ingest batch: one notification for all the epochs it wrote.
-            "metric_point" => {
-                if let (Some(first), Some(last)) = (n.epoch, n.last_epoch) {
+            ("metric_point", Some(run_id)) => match (n.epoch, n.last_epoch) {
+                (Some(first), Some(last)) => {
                     let first = first.max(last.saturating_sub(MAX_BATCH_EPOCHS - 1));
-                    ranges.push((n.run_id, first, last));
+                    ranges.push((run_id, first, last));
                 }
-            }
-            "step_metric" if !steps.contains(&n.run_id) => steps.push(n.run_id),
-            "artifact" if !recons.contains(&n.run_id) => recons.push(n.run_id),
-            "study_calibration" => {
+                _ => {
+                    let _ = tx.send(LiveEvent::Points(run_id));
+                }
+            },
+            ("step_metric", Some(run_id)) if !steps.contains(&run_id) => steps.push(run_id),
+            ("artifact", Some(run_id)) if !recons.contains(&run_id) => recons.push(run_id),
+            ("study_calibration", _) => {
                 if let Some(id) = n.study_id {
                     let _ = tx.send(LiveEvent::StudyChanged(id));
                 }
             }
+            ("worker_sample", _) => samples.extend(n.sample_id),
+            ("worker", _) => {
+                if let Some(id) = n.worker_id {
+                    let _ = tx.send(LiveEvent::WorkerChanged(id));
+                }
+            }
             _ => {}
+        }
+    }
+    for sample_id in samples {
+        if let Some(sample) = worker_metrics::by_id(db, sample_id).await? {
+            let _ = tx.send(LiveEvent::WorkerSample(Arc::new(sample)));
         }
     }
     for run_id in runs {
@@ -506,6 +544,10 @@ impl RunStream {
                     self.catch_up = true;
                 }
             }
+            LiveEvent::Points(run_id) if *run_id == self.run_id => self.push("points", &()),
+            LiveEvent::WorkerSample(s) if s.run_id == Some(self.run_id) => {
+                self.push("system", &SystemPoint::from(&s.sample));
+            }
             LiveEvent::Resync => {
                 self.catch_up = true;
                 self.send_status = true;
@@ -548,6 +590,37 @@ pub fn list_events(live: &Live) -> Sse<impl Stream<Item = Result<Event, Infallib
                 Err(RecvError::Closed) => return None,
             };
             if let Some(ev) = ev {
+                return Some((Ok(ev), rx));
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+}
+
+/// Why the queue page should read itself again.
+#[derive(Debug, Serialize)]
+struct QueueTick {
+    why: &'static str,
+}
+
+/// The queue page's stream: one `changed` event whenever what the page shows
+/// may have changed: a run's status (a job queued, claimed, finished), a
+/// worker's heartbeat sample (its figures, its heartbeat age), a worker
+/// starting or stopping, or notifications possibly missed. The page reads
+/// itself again (the server formats the tables), at most about once a second.
+pub fn queue_events(live: &Live) -> Sse<impl Stream<Item = Result<Event, Infallible>> + use<>> {
+    let rx = live.subscribe();
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            let why = match rx.recv().await {
+                Ok(LiveEvent::Run(_)) => "run",
+                Ok(LiveEvent::WorkerSample(_)) => "worker_sample",
+                Ok(LiveEvent::WorkerChanged(_)) => "worker",
+                Ok(LiveEvent::Resync) | Err(RecvError::Lagged(_)) => "resync",
+                Ok(_) => continue,
+                Err(RecvError::Closed) => return None,
+            };
+            if let Some(ev) = encode("changed", &QueueTick { why }) {
                 return Some((Ok(ev), rx));
             }
         }

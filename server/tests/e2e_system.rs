@@ -1,7 +1,8 @@
 //! System figures in real headless Chromium: the run page charts its
-//! worker's samples (static/run_system.js, no CSP violation), and the queue
-//! page's workers table picks up a new heartbeat's figures without a reload
-//! (static/queue.js).
+//! worker's samples (static/run_system.js, no CSP violation) and adds each
+//! new heartbeat's sample from its stream, and the queue page's workers table
+//! picks up a new heartbeat's figures without a reload, woken by
+//! `/queue/events` (static/queue.js), never by a timer.
 
 mod e2e_support;
 mod pages_support;
@@ -56,12 +57,31 @@ async fn run_page_charts_system_figures_and_workers_table_stays_live() {
     );
     assert_eq!(b.csp_violations().await, Vec::<String>::new());
 
+    // A heartbeat while the page is open: one more point, from the stream.
+    b.until(
+        "the stream open",
+        "return window.maelabEvents.readyState === 1
+            && window.maelabSystem.drawn('GPU memory (MiB)') === 3",
+    )
+    .await;
+    b.js("window.notReloaded = true").await;
+    worker_metrics::record(&pool, worker, Some(job), &gpu_sample(160.0, 55))
+        .await
+        .expect("a heartbeat while open");
+    b.until(
+        "the fourth point",
+        "return window.maelabSystem.drawn('GPU memory (MiB)') === 4
+            && window.maelabSystem.drawn('Worker CPU (% of one core)') === 4",
+    )
+    .await;
+    assert_eq!(b.js("return window.notReloaded").await, json!(true));
+
     b.goto("/queue").await;
     let gpu_cell =
         "const c = document.querySelector('#workers td.gpu-now'); return c && c.textContent";
     assert_eq!(
         b.js(gpu_cell).await,
-        json!("cuda:0 · 97% · 30.0/80.0 GiB · 71 °C · 402 W")
+        json!("cuda:0 · 97% · 55.0/80.0 GiB · 71 °C · 402 W")
     );
     worker_metrics::record(&pool, worker, Some(job), &gpu_sample(150.0, 42))
         .await
@@ -72,5 +92,9 @@ async fn run_page_charts_system_figures_and_workers_table_stays_live() {
          return c && c.textContent.includes('42.0/80.0 GiB')",
     )
     .await;
+    assert!(
+        b.js("return window.maelabQueue.reads").await.as_i64() >= Some(1),
+        "the stream woke the page"
+    );
     assert_eq!(b.csp_violations().await, Vec::<String>::new());
 }

@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use maelab_server::live::LiveEvent;
-use pages_support::{PNG_1X1, Pages, spawn};
+use pages_support::{PNG_1X1, Pages, gpu_sample, register_worker, spawn};
 use tower::ServiceExt;
 
 /// One server-sent event.
@@ -256,4 +256,78 @@ async fn the_list_stream_announces_new_runs_and_epochs() {
     assert_eq!(tick["run_id"], id.to_string());
     assert_eq!(tick["train_loss"], 0.42);
     assert_eq!(tick["test_acc1"], 12.5);
+}
+
+/// Architecture.md: pages follow the hub, never a timer. A worker's sample
+/// reaches the stream of the run its job trains (in the chart's units) and
+/// the queue page's stream; an idle worker's sample reaches only the queue.
+#[tokio::test]
+async fn worker_samples_reach_their_run_stream_and_the_queue_stream() {
+    let p = spawn().await;
+    listening(&p).await;
+    let pool = p.db.pool.clone();
+    let run = p.create("sampled", "mae", &[]).await;
+    let job: i64 = sqlx::query_scalar("select job_id from job where run_id = $1")
+        .bind(run)
+        .fetch_one(&pool)
+        .await
+        .expect("job");
+    let mut queue = Stream::open(&p, "/queue/events", None).await;
+    let mut stream = Stream::open(&p, &format!("/runs/{run}/events"), None).await;
+    stream.until("status").await;
+
+    let worker = register_worker(&pool, "gpu-worker", "cuda:0").await;
+    let ev = queue.until("changed").await;
+    assert_eq!(ev.last().expect("changed").data["why"], "worker");
+
+    // Idle first (no job): the queue hears it, the run's stream does not.
+    maelab_core::db::worker_metrics::record(&pool, worker, None, &gpu_sample(11.0, 1))
+        .await
+        .expect("idle sample");
+    maelab_core::db::worker_metrics::record(&pool, worker, Some(job), &gpu_sample(150.0, 42))
+        .await
+        .expect("sample");
+    let ev = stream.until("system").await;
+    let systems: Vec<&Sse> = ev.iter().filter(|e| e.event == "system").collect();
+    assert_eq!(systems.len(), 1, "{ev:?}");
+    let point = &systems[0].data;
+    assert_eq!(point["cpu_percent"], 150.0);
+    assert_eq!(point["rss_mib"], 1536.0);
+    assert_eq!(point["gpu_memory_used_mib"], 42.0 * 1024.0);
+    assert_eq!(point["gpu_memory_total_mib"], 80.0 * 1024.0);
+    assert_eq!(point["gpu_utilization_percent"], 97.0);
+    assert!(point["sampled_at"].is_string(), "{point}");
+    let mut whys = Vec::new();
+    while whys.len() < 2 {
+        let ev = queue.until("changed").await;
+        whys.push(ev.last().expect("changed").data["why"].clone());
+    }
+    assert_eq!(whys, ["worker_sample", "worker_sample"]);
+
+    // The worker stops: the queue page hears that too.
+    maelab_core::db::workers::mark_stopped(&pool, worker)
+        .await
+        .expect("stop");
+    let ev = queue.until("changed").await;
+    assert_eq!(ev.last().expect("changed").data["why"], "worker");
+}
+
+/// An ingest batch of only logged keys (no epoch row) sends `points` to its
+/// run's stream, so the logged-metric charts follow without a timer.
+#[tokio::test]
+async fn a_batch_of_other_keys_sends_points_to_its_run_only() {
+    let p = spawn().await;
+    listening(&p).await;
+    let run = p.create("logged", "mae", &[]).await;
+    let other = p.create("other", "mae", &[]).await;
+    let mut stream = Stream::open(&p, &format!("/runs/{run}/events"), None).await;
+    stream.until("status").await;
+    maelab_core::db::ingest::notify_batches(&p.db.pool, &[(other, None)])
+        .await
+        .expect("notify other");
+    maelab_core::db::ingest::notify_batches(&p.db.pool, &[(run, None)])
+        .await
+        .expect("notify");
+    let ev = stream.until("points").await;
+    assert_eq!(ev.len(), 1, "only this run's batch: {ev:?}");
 }

@@ -140,3 +140,39 @@ pub async fn for_run<'e>(
     .await?;
     Ok(rows.into_iter().map(Into::into).collect())
 }
+
+/// A sample with the worker that sent it and the run its job trained.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SampleOf {
+    pub worker_id: Uuid,
+    pub run_id: Option<Uuid>,
+    #[serde(flatten)]
+    pub sample: StoredSample,
+}
+
+/// One sample by id (what a `worker_sample` notification names); None when
+/// it is gone (pruned).
+pub async fn by_id<'e>(
+    db: impl PgExecutor<'e>,
+    sample_id: i64,
+) -> Result<Option<SampleOf>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        worker_id: Uuid,
+        run_id: Option<Uuid>,
+        #[sqlx(flatten)]
+        sample: SampleRow,
+    }
+    let row: Option<Row> = sqlx::query_as(
+        "select worker_id, run_id, sampled_at, cpu_percent, rss_bytes, gpus
+         from worker_sample where worker_sample_id = $1",
+    )
+    .bind(sample_id)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| SampleOf {
+        worker_id: r.worker_id,
+        run_id: r.run_id,
+        sample: r.sample.into(),
+    }))
+}

@@ -28,6 +28,7 @@ pub const PAGE_ROUTES: &[(&str, &str)] = &[
     ("POST", "/runs/{id}/retry"),
     ("GET", "/compare"),
     ("GET", "/queue"),
+    ("GET", "/queue/events"),
     ("GET", "/studies"),
     ("GET", "/studies/new"),
     ("POST", "/studies/new"),

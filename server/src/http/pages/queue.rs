@@ -1,13 +1,14 @@
 //! Queue and workers: queued jobs in claim order with why each waits, running
 //! jobs with their worker and heartbeat age, and the workers with the system
-//! figures of their last heartbeat (`static/queue.js` refreshes them). Reads
+//! figures of their last heartbeat. `GET /queue/events` says when any of it
+//! may have changed (`static/queue.js` then reads the page again). Reads
 //! [`read_model::queue`] and [`read_model::workers`], as `GET /api/v1/queue`
 //! and `GET /api/v1/workers` do.
 
 use askama::Template;
 use axum::Router;
 use axum::extract::State;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::Utc;
 
@@ -23,7 +24,9 @@ const QUEUED_SHOWN: i64 = 500;
 const STOPPED_SHOWN_SECONDS: f64 = 24.0 * 3600.0;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/queue", get(show))
+    Router::new()
+        .route("/queue", get(show))
+        .route("/queue/events", get(events))
 }
 
 /// A queued job and why it waits.
@@ -132,6 +135,10 @@ async fn show(_: Reader, State(state): State<AppState>) -> Result<Response, Page
         running,
         workers,
     })
+}
+
+async fn events(_: Reader, State(state): State<AppState>) -> impl IntoResponse {
+    crate::live::queue_events(&state.live)
 }
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
