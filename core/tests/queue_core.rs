@@ -501,7 +501,10 @@ async fn epoch_rows_and_checkpoint_pointer_move_together_and_retention_keeps_eve
         .await
         .expect("write");
         let a = artifacts::get_artifact(&db.pool, id).await.expect("read");
-        assert_eq!(a.bytes, weights.as_bytes());
+        assert_eq!(
+            a.body,
+            artifacts::ArtifactBody::Inline(weights.into_bytes())
+        );
     }
     // A resumed attempt repeating epoch 11 replaces the row, never adds one.
     metrics::record_epoch(&db.pool, &job.lease, &epoch_row(11))

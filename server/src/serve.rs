@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use maelab_core::artifact_store::ArtifactStore;
 use maelab_core::db;
 use tokio::net::TcpListener;
 
@@ -57,7 +58,11 @@ impl Server {
         if let Some(line) = settings.exposure_warning() {
             tracing::warn!("{line}");
         }
-        let state = AppState::new(pool, settings);
+        let artifacts = open_artifact_store(&settings).await?;
+        db::artifacts::publish_store_url(&pool, artifacts.url())
+            .await
+            .context("publishing the artifact store's URL for the workers")?;
+        let state = AppState::new(pool, settings, artifacts);
         // One LISTEN connection for every page's live updates.
         state.live.spawn_listener(state.db.clone());
         Ok(Self {
@@ -87,7 +92,7 @@ impl Server {
         } = self;
         let db = state.db.clone();
         let state_data_dir = state.settings.data_dir.clone();
-        let reaper = tokio::spawn(reap_forever(db.clone()));
+        let reaper = tokio::spawn(reap_forever(db.clone(), state.artifacts.clone()));
         axum::serve(listener, app(state))
             .with_graceful_shutdown(shutdown_signal())
             .await
@@ -103,6 +108,23 @@ impl Server {
     }
 }
 
+/// Open the artifact store and prove it works (write, read back, delete a
+/// probe object): an unreachable or read-only store stops the start here,
+/// naming its URL, not at the first upload.
+async fn open_artifact_store(settings: &ServeSettings) -> anyhow::Result<ArtifactStore> {
+    let url = settings
+        .artifact_store_url()
+        .context("resolving <data-dir>/artifacts")?;
+    let store = ArtifactStore::open(&url, &[]).with_context(|| {
+        format!("opening the artifact store {url} (--artifact-store, MAELAB_ARTIFACT_STORE)")
+    })?;
+    store.probe().await.with_context(|| {
+        format!("the artifact store {url} is unreachable or read-only (--artifact-store)")
+    })?;
+    tracing::info!(url = store.url(), "artifact store ready");
+    Ok(store)
+}
+
 /// How often the server looks for jobs whose lease expired.
 const REAP_EVERY: Duration = Duration::from_secs(5);
 /// Backoff before a rescued job may run again (doubled per attempt).
@@ -112,7 +134,7 @@ const RESCUE_BACKOFF: Duration = Duration::from_secs(5);
 /// every poll; the server runs it too so that jobs are rescued, and shown
 /// right, while no worker is alive. An advisory lock keeps it to one at a time.
 /// It also marks silent external runs lost.
-async fn reap_forever(db: sqlx::PgPool) {
+async fn reap_forever(db: sqlx::PgPool, artifacts: ArtifactStore) {
     let mut tick = tokio::time::interval(REAP_EVERY);
     loop {
         tick.tick().await;
@@ -132,6 +154,8 @@ async fn reap_forever(db: sqlx::PgPool) {
         if let Err(e) = maelab_core::db::ingest::mark_lost(&db).await {
             tracing::warn!(error = %e, "lost-run sweep failed");
         }
+        // Objects of deleted or replaced artifacts a writer could not delete.
+        maelab_core::artifact_store::gc::sweep_quietly(&db, &artifacts).await;
     }
 }
 

@@ -40,9 +40,27 @@ pub struct ServeSettings {
     /// Most runs one study may queue (arms x seeds x stages).
     #[arg(long, env = "MAELAB_MAX_STUDY_RUNS", default_value_t = maelab_core::study::spec::DEFAULT_MAX_RUNS)]
     pub max_study_runs: usize,
+
+    /// Where artifact bytes live: a local folder (`/path` or `file:///path`) or
+    /// `s3://bucket/prefix` (credentials, endpoint and region from the usual
+    /// AWS_* variables, e.g. AWS_ENDPOINT_URL for MinIO-likes). Unset:
+    /// `<data-dir>/artifacts`. Published to workers through the database.
+    #[arg(long, env = "MAELAB_ARTIFACT_STORE")]
+    pub artifact_store: Option<String>,
 }
 
 impl ServeSettings {
+    /// The artifact store's URL: `--artifact-store`, else the absolute
+    /// `<data-dir>/artifacts`.
+    pub fn artifact_store_url(&self) -> std::io::Result<String> {
+        match &self.artifact_store {
+            Some(url) => Ok(url.clone()),
+            None => Ok(std::path::absolute(self.data_dir.join("artifacts"))?
+                .display()
+                .to_string()),
+        }
+    }
+
     /// The one line `maelab serve` logs at start when whoever reaches the
     /// port can read every run: a `--bind` other than loopback with reads open.
     /// None when only this host can connect or reads need a token.
@@ -71,6 +89,7 @@ impl Default for ServeSettings {
             body_limit: 1024 * 1024,
             db_pool: 16,
             max_study_runs: maelab_core::study::spec::DEFAULT_MAX_RUNS,
+            artifact_store: None,
         }
     }
 }

@@ -71,7 +71,12 @@ impl Stream {
 #[tokio::test]
 async fn an_epoch_row_reaches_an_open_stream_at_once_and_the_final_status_ends_it() {
     let db = TestDb::new().await.expect("test database");
-    let state = AppState::new(db.pool.clone(), ServeSettings::default());
+    let store = maelab_core::artifact_store::testing::TempStore::new().expect("store");
+    let state = AppState::new(
+        db.pool.clone(),
+        ServeSettings::default(),
+        store.store.clone(),
+    );
     // Start the hub and wait until it LISTENs (it announces itself with a resync).
     let mut hub = state.live.subscribe();
     state.live.spawn_listener(db.pool.clone());

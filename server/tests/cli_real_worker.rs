@@ -182,6 +182,13 @@ async fn submit_wait_and_a_missed_bar_with_a_real_worker() {
         Command::new(BIN)
             .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
             .env("DATABASE_URL", &url)
+            // Its artifacts (and so the worker's, published) outside ./.maelab.
+            .env(
+                "MAELAB_ARTIFACT_STORE",
+                std::env::temp_dir()
+                    .join("maelab-test-artifacts")
+                    .join(format!("real-worker-{port}")),
+            )
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -24,7 +24,8 @@ use tower::ServiceExt;
 const BIN: &str = env!("CARGO_BIN_EXE_maelab");
 
 async fn healthz(pool: sqlx::PgPool) -> StatusCode {
-    let state = AppState::new(pool, ServeSettings::default());
+    let store = maelab_core::artifact_store::testing::TempStore::new().expect("store");
+    let state = AppState::new(pool, ServeSettings::default(), store.store.clone());
     let response = app(state)
         .oneshot(
             Request::get("/healthz")

@@ -58,3 +58,23 @@ async fn port_in_use() {
             .expect("join");
     assert_one_line_error(&out, "is another process using that port");
 }
+
+#[tokio::test]
+async fn an_unusable_artifact_store_stops_the_start_naming_its_url() {
+    let db = TestDb::new().await.expect("test database");
+    let file = std::env::temp_dir().join(format!("maelab-not-a-dir-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&file, b"x").expect("file");
+    let store = file.join("artifacts").display().to_string();
+    let url = db.url.clone();
+    let arg = store.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        serve(
+            &[("DATABASE_URL", &url)],
+            &["--bind", "127.0.0.1:0", "--artifact-store", &arg],
+        )
+    })
+    .await
+    .expect("join");
+    let _ = std::fs::remove_file(&file);
+    assert_one_line_error(&out, &store);
+}

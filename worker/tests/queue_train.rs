@@ -33,21 +33,9 @@ fn tiny(kind: &str, data: &Path, extra: &str) -> RunConfig {
     config(kind, data, &format!("{base}\n{extra}"))
 }
 
-/// Wait for a final status; on a timeout or an unexpected one, show the log.
+/// Wait for a final status; on a timeout, show the worker's log.
 async fn wait_final(pool: &PgPool, run_id: Uuid, worker: &LoggedWorker, limit: Duration) -> String {
-    let end = Instant::now() + limit;
-    loop {
-        let status = queue_support::run_status(pool, run_id).await;
-        if matches!(status.as_str(), "succeeded" | "failed" | "cancelled") {
-            return status;
-        }
-        assert!(
-            Instant::now() < end,
-            "run {run_id} still {status} after {limit:?}; worker log:\n{}",
-            worker.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    queue_support::wait_final(pool, run_id, limit, || worker.log()).await
 }
 
 async fn run_error(pool: &PgPool, run_id: Uuid) -> Option<String> {
@@ -81,15 +69,28 @@ async fn epoch_rows(pool: &PgPool, run_id: Uuid) -> Vec<EpochCols> {
     .expect("epoch rows")
 }
 
-/// (kind, epoch, name, bytes) of every artifact of the run.
-async fn artifacts(pool: &PgPool, run_id: Uuid) -> Vec<(String, Option<i32>, String, Vec<u8>)> {
-    sqlx::query_as(
-        "select kind, epoch, name, bytes from artifact where run_id = $1 order by artifact_id",
+/// kind, epoch, name, inline bytes and store key of an artifact row.
+type StoredRow = (String, Option<i32>, String, Option<Vec<u8>>, Option<String>);
+
+/// (kind, epoch, name, bytes) of every artifact of the run, the bytes read
+/// from the workers' artifact store (none are in the database).
+async fn artifacts(db: &TestDb, run_id: Uuid) -> Vec<(String, Option<i32>, String, Vec<u8>)> {
+    let rows: Vec<StoredRow> = sqlx::query_as(
+        "select kind, epoch, name, bytes, store_key from artifact where run_id = $1 order by artifact_id",
     )
     .bind(run_id)
-    .fetch_all(pool)
+    .fetch_all(&db.pool)
     .await
-    .expect("artifacts")
+    .expect("artifacts");
+    let store = queue_support::store_dir(&db.url);
+    rows.into_iter()
+        .map(|(kind, epoch, name, inline, key)| {
+            assert!(inline.is_none(), "{name}: bytes in the database");
+            let key = key.expect("a store key");
+            let bytes = std::fs::read(store.join(&key)).expect("the object is in the store");
+            (kind, epoch, name, bytes)
+        })
+        .collect()
 }
 
 /// The CIFAR-10 archive `scripts/env.sh` points at, else a synthetic dataset
@@ -186,7 +187,7 @@ async fn pretrain_then_finetune_from_its_checkpoint_in_the_database() {
             "epoch {epoch} steps reach the epoch's end: {steps:?}"
         );
     }
-    let arts = artifacts(&db.pool, pre.run_id).await;
+    let arts = artifacts(&db, pre.run_id).await;
     let recons: Vec<_> = arts.iter().filter(|a| a.0 == "reconstruction").collect();
     assert_eq!(
         recons.iter().map(|a| a.1).collect::<Vec<_>>(),

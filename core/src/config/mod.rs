@@ -75,7 +75,8 @@ impl WaveIn {
 pub enum Precision {
     #[default]
     Fp32,
-    /// bf16 autocast-style training; CUDA only.
+    /// The forward pass under libtorch's bf16 autocast (fp32 weights, gradients
+    /// and optimizer state); for CUDA, and allowed on the CPU.
     Bf16,
 }
 
@@ -136,6 +137,8 @@ pub struct RunConfigInput {
     pub train_subset: Option<u32>,
     pub test_subset: Option<u32>,
     pub epoch_images: Option<u32>,
+    /// Keep the checkpoint of every N-th epoch for good (default 10).
+    pub checkpoint_keep_every: Option<u32>,
 
     // Finetune source.
     pub parent_run: Option<Uuid>,
@@ -195,6 +198,12 @@ pub struct RunConfig {
     /// the images a run sees are the images its seconds buy, not whole epochs.
     #[serde(default)]
     pub epoch_images: Option<u32>,
+    /// Retention: besides the newest checkpoint (the resume point) and the
+    /// last epoch's, the checkpoint of every N-th epoch is kept for good;
+    /// the others are deleted, in the store too. Older stored configs lack
+    /// it and keep the default.
+    #[serde(default = "default_checkpoint_keep_every")]
+    pub checkpoint_keep_every: u32,
 
     pub parent_run: Option<Uuid>,
     pub parent_epoch: Option<u32>,
@@ -305,6 +314,9 @@ impl RunConfig {
             train_subset: input.train_subset,
             test_subset: input.test_subset,
             epoch_images: input.epoch_images,
+            checkpoint_keep_every: input
+                .checkpoint_keep_every
+                .unwrap_or_else(default_checkpoint_keep_every),
             parent_run: input.parent_run,
             parent_epoch: input.parent_epoch,
         };
@@ -383,6 +395,7 @@ impl RunConfig {
             train_subset: self.train_subset,
             test_subset: self.test_subset,
             epoch_images: self.epoch_images,
+            checkpoint_keep_every: Some(self.checkpoint_keep_every),
             parent_run: self.parent_run,
             parent_epoch: self.parent_epoch,
         }
@@ -409,3 +422,9 @@ fn strip_position(message: &str) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// `checkpoint_keep_every` when a config does not say (the retention maelab
+/// always had).
+fn default_checkpoint_keep_every() -> u32 {
+    crate::db::artifacts::KEEP_EVERY.unsigned_abs()
+}

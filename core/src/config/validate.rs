@@ -129,6 +129,7 @@ pub(super) fn check(c: &RunConfig) -> Vec<ConfigError> {
         f64::from(c.epochs.max(1)),
     );
     errs.range_u32("batch_size", c.batch_size, 1, 65_536);
+    errs.range_u32("checkpoint_keep_every", c.checkpoint_keep_every, 1, 100_000);
     errs.range_u32("accum_iter", c.accum_iter, 1, 1024);
     errs.positive("blr", c.blr, 10.0);
     if let Some(lr) = c.lr {

@@ -580,7 +580,7 @@ pub async fn mark_lost(pool: &PgPool) -> Result<u64, sqlx::Error> {
 pub async fn put_artifact(
     pool: &PgPool,
     run_id: Uuid,
-    artifact: &super::artifacts::NewArtifact<'_>,
+    artifact: &impl super::artifacts::ArtifactRow,
 ) -> Result<i64, IngestError> {
     let mut tx = pool.begin().await?;
     writable(&mut tx, run_id).await?;

@@ -7,7 +7,7 @@
 
 use sqlx::PgPool;
 
-use super::artifacts::{NewArtifact, put_checkpoint};
+use super::artifacts::put_checkpoint;
 use super::queue::{Lease, QueueError, fence};
 
 /// One epoch's metrics (the MAE log.txt keys plus maelab's extras).
@@ -109,7 +109,7 @@ pub async fn record_epoch_with_checkpoint(
     lease: &Lease,
     row: &EpochRecord,
     epochs_total: i32,
-    files: &[NewArtifact<'_>],
+    files: &[impl super::artifacts::ArtifactRow],
 ) -> Result<i64, QueueError> {
     let run_id = run_of(lease)?;
     let mut tx = pool.begin().await?;

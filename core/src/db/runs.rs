@@ -231,15 +231,15 @@ async fn check_parent(
             ),
         ));
     }
-    if !keeps_checkpoint(epoch, epochs_total) {
+    let keep_every = i32::try_from(parent_config.checkpoint_keep_every).unwrap_or(i32::MAX);
+    if !keeps_checkpoint(epoch, epochs_total, keep_every) {
         return Err(bad(
             "parent_epoch",
             format!(
                 "epoch {epoch} of run {parent} is not kept; checkpoints are kept for every \
-                 {}th epoch (0-based {}, {}, ...) and the last ({})",
-                super::artifacts::KEEP_EVERY,
-                super::artifacts::KEEP_EVERY - 1,
-                2 * super::artifacts::KEEP_EVERY - 1,
+                 {keep_every}th epoch (0-based {}, {}, ...) and the last ({})",
+                keep_every - 1,
+                keep_every.saturating_mul(2) - 1,
                 epochs_total - 1
             ),
         ));

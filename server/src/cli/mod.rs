@@ -13,6 +13,7 @@
 //!   `--fail-unless` claim is not supported);
 //! - 3: usage error, invalid config, refused request, or no connection.
 
+mod artifacts;
 mod client;
 mod import;
 pub mod mae_log;
@@ -82,6 +83,9 @@ pub enum ClientCommand {
     /// Create, list or revoke API tokens (talks to the database directly).
     #[command(subcommand)]
     Token(tokens::TokenCommand),
+    /// Operator commands on the artifact store (migrate, gc).
+    #[command(subcommand)]
+    Artifacts(artifacts::ArtifactsCommand),
 }
 
 /// Run a client command and turn its outcome into the documented exit code.
@@ -95,6 +99,7 @@ pub async fn run(command: ClientCommand) -> ExitCode {
         ClientCommand::Watch(a) => watch::run(a).await,
         ClientCommand::Study(c) => study::run(c).await,
         ClientCommand::Token(c) => tokens::run(c).await,
+        ClientCommand::Artifacts(c) => artifacts::run(c).await,
     };
     match result {
         Ok(code) => ExitCode::from(code),

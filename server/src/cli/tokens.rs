@@ -57,7 +57,9 @@ pub enum TokenCommand {
     },
 }
 
-async fn connect(args: &DbArgs) -> anyhow::Result<(sqlx::PgPool, Option<EmbeddedPostgres>)> {
+pub(crate) async fn connect(
+    args: &DbArgs,
+) -> anyhow::Result<(sqlx::PgPool, Option<EmbeddedPostgres>)> {
     let (url, embedded) = match &args.database_url {
         Some(u) => (u.clone(), None),
         None => {

@@ -2,6 +2,7 @@
 //! each contribute their routes.
 
 pub mod api;
+pub mod artifact_body;
 mod error;
 mod health;
 pub mod pages;
@@ -31,12 +32,19 @@ pub struct AppState {
     pub run_list: Arc<crate::read_model::run_list_cache::RunListCache>,
     /// Ingest batches' writers: concurrent batches share a commit.
     pub ingest: crate::ingest_writer::IngestWriter,
+    /// Where artifact bytes live (metadata is in `db`).
+    pub artifacts: maelab_core::artifact_store::ArtifactStore,
 }
 
 impl AppState {
-    pub fn new(db: PgPool, settings: ServeSettings) -> Self {
+    pub fn new(
+        db: PgPool,
+        settings: ServeSettings,
+        artifacts: maelab_core::artifact_store::ArtifactStore,
+    ) -> Self {
         Self {
             db,
+            artifacts,
             settings: Arc::new(settings),
             live: crate::live::Live::new(),
             run_list: Arc::default(),

@@ -1,5 +1,6 @@
 //! Artifacts as lists and downloads see them: metadata without the bytes for
-//! lists, the bytes for one download. `log.txt` is not stored; it is
+//! lists, where the bytes are for one download (`crate::http::artifact_body`
+//! streams them). `log.txt` is not stored; it is
 //! generated from the epoch rows (see [`super::metrics::log_txt`]) and listed
 //! as a synthetic entry when a run has epochs.
 
@@ -28,12 +29,14 @@ pub struct ArtifactInfo {
     pub created_at: Option<DateTime<Utc>>,
 }
 
-/// One artifact with its bytes.
+/// One artifact and where its bytes are: inline (a row from before the
+/// artifact store, or the generated `log.txt`) or the key of its object.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ArtifactFile {
     #[sqlx(flatten)]
     pub info: ArtifactInfo,
-    pub bytes: Vec<u8>,
+    pub bytes: Option<Vec<u8>>,
+    pub store_key: Option<String>,
 }
 
 /// Whether `name` is a name the schema allows for an artifact (the `artifact.name`
@@ -119,7 +122,7 @@ pub async fn fetch(
         ));
     }
     let stored = sqlx::query_as::<_, ArtifactFile>(&format!(
-        "select {INFO_COLUMNS}, bytes from artifact where run_id = $1 and name = $2"
+        "select {INFO_COLUMNS}, bytes, store_key from artifact where run_id = $1 and name = $2"
     ))
     .bind(run_id)
     .bind(name)
@@ -138,7 +141,8 @@ pub async fn fetch(
     let bytes = super::metrics::log_txt(&epochs).into_bytes();
     Ok(Some(ArtifactFile {
         info: generated_log_info(i64::try_from(bytes.len()).ok()),
-        bytes,
+        bytes: Some(bytes),
+        store_key: None,
     }))
 }
 
@@ -169,7 +173,7 @@ pub async fn viewable(
     artifact_id: i64,
 ) -> Result<Option<ArtifactFile>, sqlx::Error> {
     sqlx::query_as::<_, ArtifactFile>(&format!(
-        "select {INFO_COLUMNS}, bytes from artifact
+        "select {INFO_COLUMNS}, bytes, store_key from artifact
          where run_id = $1 and artifact_id = $2 and kind in ('reconstruction', 'log')"
     ))
     .bind(run_id)
@@ -181,7 +185,7 @@ pub async fn viewable(
 /// The newest log a run stored (the trainer's own `log.txt`), with its bytes.
 pub async fn stored_log(pool: &PgPool, run_id: Uuid) -> Result<Option<ArtifactFile>, sqlx::Error> {
     sqlx::query_as::<_, ArtifactFile>(&format!(
-        "select {INFO_COLUMNS}, bytes from artifact
+        "select {INFO_COLUMNS}, bytes, store_key from artifact
          where run_id = $1 and kind = 'log' order by created_at desc limit 1"
     ))
     .bind(run_id)

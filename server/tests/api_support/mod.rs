@@ -8,6 +8,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
+use maelab_core::artifact_store::testing::TempStore;
 use maelab_core::db::metrics::EpochRecord;
 use maelab_core::db::testing::TestDb;
 use maelab_server::auth::tokens;
@@ -21,13 +22,35 @@ pub struct TestApp {
     pub app: Router,
     /// A valid bearer secret.
     pub token: String,
+    /// The app's artifact store (a temporary folder), published in the
+    /// database as `maelab serve` does.
+    pub store: TempStore,
+}
+
+/// A temporary artifact store, published for workers as the server does.
+pub async fn test_store(db: &TestDb) -> TempStore {
+    let store = TempStore::new().expect("artifact store");
+    maelab_core::db::artifacts::publish_store_url(&db.pool, store.url())
+        .await
+        .expect("publish the store");
+    store
 }
 
 pub async fn spawn_with(settings: ServeSettings) -> TestApp {
     let db = TestDb::new().await.expect("test database");
     let (token, _) = tokens::create(&db.pool, "test").await.expect("token");
-    let app = app(AppState::new(db.pool.clone(), settings));
-    TestApp { db, app, token }
+    let store = test_store(&db).await;
+    let app = app(AppState::new(
+        db.pool.clone(),
+        settings,
+        store.store.clone(),
+    ));
+    TestApp {
+        db,
+        app,
+        token,
+        store,
+    }
 }
 
 pub async fn spawn() -> TestApp {
@@ -40,7 +63,12 @@ pub async fn spawn_listening() -> TestApp {
     use maelab_server::live::LiveEvent;
     let db = TestDb::new().await.expect("test database");
     let (token, _) = tokens::create(&db.pool, "test").await.expect("token");
-    let state = AppState::new(db.pool.clone(), ServeSettings::default());
+    let store = test_store(&db).await;
+    let state = AppState::new(
+        db.pool.clone(),
+        ServeSettings::default(),
+        store.store.clone(),
+    );
     // The hub announces that it listens with a resync.
     let mut hub = state.live.subscribe();
     state.live.spawn_listener(db.pool.clone());
@@ -52,7 +80,12 @@ pub async fn spawn_listening() -> TestApp {
         }
     }
     let app = app(state);
-    TestApp { db, app, token }
+    TestApp {
+        db,
+        app,
+        token,
+        store,
+    }
 }
 
 /// An answer, read whole.

@@ -54,6 +54,13 @@ pub async fn serve_with(mut command: Command, args: &[&str]) -> Server {
         .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
         .args(args)
         .env("DATABASE_URL", &db.url)
+        // Its artifacts in a folder of the test's own, not ./.maelab.
+        .env(
+            "MAELAB_ARTIFACT_STORE",
+            std::env::temp_dir()
+                .join("maelab-test-artifacts")
+                .join(&db.name),
+        )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -23,6 +23,8 @@ pub struct Pages {
     /// `Cookie` header of a signed-in browser, and its CSRF value.
     pub cookie: String,
     pub csrf: String,
+    /// The app's artifact store (a temporary folder).
+    pub store: maelab_core::artifact_store::testing::TempStore,
 }
 
 pub async fn spawn() -> Pages {
@@ -34,7 +36,11 @@ pub async fn spawn_with(settings: ServeSettings) -> Pages {
     let (token, _) = maelab_server::auth::tokens::create(&db.pool, "pages-test")
         .await
         .expect("token");
-    let state = AppState::new(db.pool.clone(), settings);
+    let store = maelab_core::artifact_store::testing::TempStore::new().expect("store");
+    maelab_core::db::artifacts::publish_store_url(&db.pool, store.url())
+        .await
+        .expect("publish the store");
+    let state = AppState::new(db.pool.clone(), settings, store.store.clone());
     let app = app(state.clone());
     let mut p = Pages {
         db,
@@ -43,6 +49,7 @@ pub async fn spawn_with(settings: ServeSettings) -> Pages {
         token,
         cookie: String::new(),
         csrf: String::new(),
+        store,
     };
     let a = p
         .send(

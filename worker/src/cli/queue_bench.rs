@@ -171,6 +171,12 @@ async fn latency(
         cache_dir: std::env::temp_dir(),
         threads: None,
         loader_threads: 1,
+        artifact_store: Some(
+            std::env::temp_dir()
+                .join("maelab-queue-bench-artifacts")
+                .display()
+                .to_string(),
+        ),
     };
     let worker = Worker::start(settings, shutdown.clone()).await?;
     let task = tokio::spawn(worker.run());

@@ -46,6 +46,11 @@ pub struct Args {
     /// Threads building augmented batches.
     #[arg(long, default_value_t = 2)]
     pub loader_threads: usize,
+    /// Artifact store: a local folder or s3://bucket/prefix (AWS_* variables
+    /// for credentials and endpoint). Default: the one the server published
+    /// in the database.
+    #[arg(long, env = "MAELAB_ARTIFACT_STORE")]
+    pub artifact_store: Option<String>,
 }
 
 fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
@@ -82,6 +87,7 @@ impl Args {
             cache_dir: self.cache_dir,
             threads: self.threads,
             loader_threads: self.loader_threads.max(1),
+            artifact_store: self.artifact_store,
         })
     }
 }

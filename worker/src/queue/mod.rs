@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use maelab_core::artifact_store::ArtifactStore;
 use maelab_core::db::queue::{self, ClaimedJob, Lease, QueueError};
 use maelab_core::db::studies::{self, StudyError};
 use maelab_core::db::worker_metrics;
@@ -69,6 +70,9 @@ pub struct Settings {
     pub cache_dir: PathBuf,
     pub threads: Option<usize>,
     pub loader_threads: usize,
+    /// Artifact store URL; None: the one the server published in the
+    /// database, else `.maelab/artifacts`.
+    pub artifact_store: Option<String>,
 }
 
 /// Process-wide stop request (SIGTERM, Ctrl-C, a test).
@@ -109,6 +113,8 @@ pub struct Worker {
     wake: Arc<Notify>,
     /// System figures sent with each heartbeat (and each idle poll).
     sampler: Arc<std::sync::Mutex<Sampler>>,
+    /// Where checkpoints and images go, and resumes come from.
+    artifacts: ArtifactStore,
 }
 
 impl Worker {
@@ -135,6 +141,7 @@ impl Worker {
             torch_version: crate::doctor::torch_version(),
             pid: i32::try_from(std::process::id()).ok(),
         };
+        let artifacts = open_artifact_store(&pool, settings.artifact_store.as_deref()).await?;
         let worker_id = workers::register(&pool, &info)
             .await
             .context("registering the worker")?;
@@ -147,6 +154,7 @@ impl Worker {
         let sampler = Arc::new(std::sync::Mutex::new(Sampler::for_device(device)));
         Ok(Self {
             sampler,
+            artifacts,
             settings,
             pool,
             hb_pool,
@@ -273,9 +281,18 @@ impl Worker {
                     .map_or(0, |e| u32::try_from(e + 1).unwrap_or(0));
                 let epochs_total = i32::try_from(payload.epochs).unwrap_or(i32::MAX);
                 let (pool, lease, dir) = (self.pool.clone(), job.lease.clone(), dir.to_path_buf());
+                let store = self.artifacts.clone();
                 blocking(move || {
                     let mut sink = lease.run_id.map(|_| {
-                        sink::DbSink::new(pool, lease, signals.clone(), rt, epochs_total, extra)
+                        sink::DbSink::new(
+                            pool,
+                            store,
+                            lease,
+                            signals.clone(),
+                            rt,
+                            epochs_total,
+                            extra,
+                        )
                     });
                     load_test::run(
                         &payload,
@@ -297,14 +314,17 @@ impl Worker {
                     device: self.device,
                     threads: self.settings.threads,
                     loader_threads: self.settings.loader_threads,
+                    data_on_device: crate::data::DataOnDevice::Auto,
                     resume: prepared.resume,
                     init_checkpoint: prepared.init_checkpoint,
                     cache_dir: self.settings.cache_dir.clone(),
                 };
                 let epochs_total = i32::try_from(prepared.config.epochs).unwrap_or(i32::MAX);
                 let (pool, lease) = (self.pool.clone(), job.lease.clone());
+                let store = self.artifacts.clone();
                 blocking(move || {
-                    let mut sink = sink::DbSink::new(pool, lease, signals, rt, epochs_total, extra);
+                    let mut sink =
+                        sink::DbSink::new(pool, store, lease, signals, rt, epochs_total, extra);
                     Ok(train_job::outcome(crate::train::run(
                         &prepared.config,
                         &opts,
@@ -380,7 +400,7 @@ impl Worker {
         let started = Instant::now();
         let mut wait = Duration::from_millis(100);
         loop {
-            match train_job::prepare(&self.pool, job, dir).await {
+            match train_job::prepare(&self.pool, &self.artifacts, job, dir).await {
                 Ok(p) => return Ok(p),
                 Err(e)
                     if train_job::is_transient(&e) && started.elapsed() < sink::WRITE_PATIENCE =>
@@ -499,4 +519,36 @@ pub(crate) async fn report_system(
         Ok(Err(e)) => tracing::debug!(error = %e, "could not store a system sample"),
         Err(_) => tracing::debug!("storing a system sample timed out"),
     }
+}
+
+/// The artifact store: `--artifact-store` (MAELAB_ARTIFACT_STORE), else the
+/// URL the server published in the database, else `.maelab/artifacts` (a
+/// worker on the server's host with no server yet). Probed like the server's:
+/// an unreachable or read-only store stops the start, naming its URL.
+async fn open_artifact_store(pool: &PgPool, flag: Option<&str>) -> anyhow::Result<ArtifactStore> {
+    let url = match flag {
+        Some(url) => url.to_string(),
+        None => match maelab_core::db::artifacts::published_store_url(pool)
+            .await
+            .context("reading the artifact store's URL the server published")?
+        {
+            Some(url) => url,
+            None => {
+                let dir = std::path::absolute(".maelab/artifacts")
+                    .context("resolving .maelab/artifacts")?;
+                tracing::warn!(
+                    dir = %dir.display(),
+                    "no --artifact-store and no server has published one; using a local folder"
+                );
+                dir.display().to_string()
+            }
+        },
+    };
+    let store = ArtifactStore::open(&url, &[])
+        .with_context(|| format!("opening the artifact store {url} (--artifact-store)"))?;
+    store.probe().await.with_context(|| {
+        format!("the artifact store {url} is unreachable or read-only (--artifact-store)")
+    })?;
+    tracing::info!(url = store.url(), "artifact store ready");
+    Ok(store)
 }

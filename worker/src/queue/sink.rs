@@ -7,13 +7,20 @@
 //! checkpoint event arrives: a crash between the two leaves the row without
 //! the pointer, so the resumed attempt repeats that epoch and upserts the same
 //! row: no epoch is lost or duplicated.
+//!
+//! Bytes go to the artifact store first (streamed from the checkpoint files,
+//! under fresh keys), rows after: a row never names an object that is not in
+//! the store. A store that stays unreachable past [`WRITE_PATIENCE`] costs
+//! that checkpoint (or image), not the run: the pointer stays where it was,
+//! and the next checkpoint tries again.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use maelab_core::db::artifacts::{self, NewArtifact};
+use maelab_core::artifact_store::{self, ArtifactStore, StoreError, StoredObject};
+use maelab_core::db::artifacts::{self, NewStoredArtifact};
 use maelab_core::db::metrics::{self, EpochRecord, StepRecord};
 use maelab_core::db::queue::{Lease, QueueError};
 use sqlx::PgPool;
@@ -27,6 +34,11 @@ pub(crate) const WRITE_PATIENCE: Duration = Duration::from_secs(120);
 
 pub struct DbSink {
     pub pool: PgPool,
+    pub store: ArtifactStore,
+    /// How long an upload keeps retrying a transient store error before the
+    /// checkpoint (or image) is given up; [`WRITE_PATIENCE`] unless a test
+    /// shortens it.
+    pub store_patience: Duration,
     pub lease: Lease,
     pub signals: Arc<JobSignals>,
     pub rt: tokio::runtime::Handle,
@@ -34,7 +46,16 @@ pub struct DbSink {
     /// Stored in every epoch row's `extra`: which attempt and worker wrote it.
     pub extra: serde_json::Value,
     pending_row: Option<EpochRecord>,
-    pending_checkpoint: Option<(i32, Vec<u8>, Vec<u8>)>,
+    /// An uploaded checkpoint (weights, state) waiting for its epoch row.
+    pending_checkpoint: Option<(i32, StoredObject, StoredObject)>,
+}
+
+/// What an upload came to.
+enum Uploaded {
+    Stored(StoredObject),
+    /// The store stayed unreachable; this artifact is skipped.
+    GaveUp,
+    Stop(StopReason),
 }
 
 /// What a write came to, for the trainer.
@@ -46,6 +67,7 @@ enum Wrote {
 impl DbSink {
     pub fn new(
         pool: PgPool,
+        store: ArtifactStore,
         lease: Lease,
         signals: Arc<JobSignals>,
         rt: tokio::runtime::Handle,
@@ -54,6 +76,8 @@ impl DbSink {
     ) -> Self {
         Self {
             pool,
+            store,
+            store_patience: WRITE_PATIENCE,
             lease,
             signals,
             rt,
@@ -98,6 +122,60 @@ impl DbSink {
         }
     }
 
+    /// Upload to the store under a fresh key for `name`, retrying transient
+    /// errors with backoff for [`Self::store_patience`]; a stop flag ends
+    /// the wait. Other store errors (a bad key, refused credentials) fail
+    /// the job.
+    fn upload<F, Fut>(&self, name: &str, f: F) -> anyhow::Result<Uploaded>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<StoredObject, StoreError>>,
+    {
+        let run_id = self
+            .lease
+            .run_id
+            .context("a job without a run stores no artifacts")?;
+        let started = Instant::now();
+        let mut wait = Duration::from_millis(100);
+        loop {
+            if let Some(reason) = self.signals.stop_reason()
+                && reason != StopReason::Shutdown
+            {
+                return Ok(Uploaded::Stop(reason));
+            }
+            let key = artifact_store::key::new_key(run_id, name)?;
+            match self.rt.block_on(f(key)) {
+                Ok(object) => return Ok(Uploaded::Stored(object)),
+                Err(e) if e.is_transient() && started.elapsed() < self.store_patience => {
+                    tracing::warn!(job_id = self.lease.job_id, name, error = %e, "upload failed; retrying");
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::error!(
+                        job_id = self.lease.job_id, name, error = %e,
+                        "the artifact store stayed unreachable; this artifact is skipped"
+                    );
+                    return Ok(Uploaded::GaveUp);
+                }
+                Err(e) => return Err(e).with_context(|| format!("uploading {name}")),
+            }
+        }
+    }
+
+    /// Delete objects no committed row names (a write that was refused), and
+    /// sweep the objects a commit orphaned (replaced, retention).
+    fn tidy(&self, unreferenced: &[&StoredObject]) {
+        self.rt.block_on(async {
+            for object in unreferenced {
+                if let Err(e) = self.store.delete(&object.key).await {
+                    tracing::warn!(key = object.key, error = %e, "deleting an unreferenced upload failed");
+                }
+            }
+            artifact_store::gc::sweep_quietly(&self.pool, &self.store).await;
+        });
+    }
+
     /// Continue unless a flag says stop.
     fn control(&self) -> Control {
         match self.signals.stop_reason() {
@@ -126,19 +204,19 @@ impl DbSink {
         let wname = format!("checkpoint-e{epoch:04}.safetensors");
         let sname = format!("checkpoint-e{epoch:04}.json");
         let files = [
-            NewArtifact {
+            NewStoredArtifact {
                 kind: "checkpoint",
                 epoch: Some(*epoch),
                 name: &wname,
                 media_type: "application/octet-stream",
-                bytes: weights,
+                object: weights,
             },
-            NewArtifact {
+            NewStoredArtifact {
                 kind: "checkpoint",
                 epoch: Some(*epoch),
                 name: &sname,
                 media_type: "application/json",
-                bytes: state,
+                object: state,
             },
         ];
         let wrote = self.write("epoch row and checkpoint", || async {
@@ -151,7 +229,12 @@ impl DbSink {
             )
             .await
             .map(|_| ())
-        })?;
+        });
+        match &wrote {
+            Ok(Wrote::Ok) => self.tidy(&[]),
+            _ => self.tidy(&[weights, state]),
+        }
+        let wrote = wrote?;
         self.pending_row = None;
         self.pending_checkpoint = None;
         Ok(wrote)
@@ -215,19 +298,31 @@ impl Sink for DbSink {
 
     fn image(&mut self, image: &Image) -> anyhow::Result<Control> {
         let epoch = to_i32(image.epoch.into(), "epoch")?;
-        let artifact = NewArtifact {
+        let (store, png) = (&self.store, &image.png);
+        let object = match self.upload(&image.name, |key| async move {
+            store.put_bytes(&key, png.clone()).await
+        })? {
+            Uploaded::Stored(object) => object,
+            Uploaded::GaveUp => return Ok(Control::Continue),
+            Uploaded::Stop(r) => return Ok(Control::Stop(r)),
+        };
+        let artifact = NewStoredArtifact {
             kind: "reconstruction",
             epoch: Some(epoch),
             name: &image.name,
             media_type: "image/png",
-            bytes: &image.png,
+            object: &object,
         };
         let wrote = self.write("reconstruction", || async {
             artifacts::put_artifact(&self.pool, &self.lease, &artifact)
                 .await
                 .map(|_| ())
-        })?;
-        Ok(match wrote {
+        });
+        match &wrote {
+            Ok(Wrote::Ok) => self.tidy(&[]),
+            _ => self.tidy(&[&object]),
+        }
+        Ok(match wrote? {
             Wrote::Stop(r) => Control::Stop(r),
             Wrote::Ok => Control::Continue,
         })
@@ -235,11 +330,35 @@ impl Sink for DbSink {
 
     fn checkpoint(&mut self, checkpoint: &Checkpoint) -> anyhow::Result<Control> {
         let epoch = to_i32(checkpoint.epoch.into(), "epoch")?;
-        // Read now: the trainer overwrites checkpoint-last at the next epoch.
-        let weights = std::fs::read(&checkpoint.weights)
-            .with_context(|| format!("reading {}", checkpoint.weights.display()))?;
-        let state = std::fs::read(&checkpoint.state)
-            .with_context(|| format!("reading {}", checkpoint.state.display()))?;
+        // Streamed now, from the files: the trainer overwrites
+        // checkpoint-last at the next epoch, after this returns.
+        let mut objects = Vec::with_capacity(2);
+        let store = &self.store;
+        for (path, name) in [
+            (
+                &checkpoint.weights,
+                format!("checkpoint-e{epoch:04}.safetensors"),
+            ),
+            (&checkpoint.state, format!("checkpoint-e{epoch:04}.json")),
+        ] {
+            match self.upload(&name, |key| async move { store.put_file(&key, path).await })? {
+                Uploaded::Stored(object) => objects.push(object),
+                Uploaded::GaveUp => {
+                    // This checkpoint never landed: the pointer stays on the
+                    // last one that did; the epoch row is already written.
+                    self.tidy(&objects.iter().collect::<Vec<_>>());
+                    self.pending_checkpoint = None;
+                    return Ok(self.control());
+                }
+                Uploaded::Stop(r) => {
+                    self.tidy(&objects.iter().collect::<Vec<_>>());
+                    return Ok(Control::Stop(r));
+                }
+            }
+        }
+        let (Some(state), Some(weights)) = (objects.pop(), objects.pop()) else {
+            anyhow::bail!("a checkpoint needs its weights and state");
+        };
         self.pending_checkpoint = Some((epoch, weights, state));
         let wrote = self.flush_checkpoint()?;
         Ok(self.after(wrote))

@@ -6,7 +6,8 @@
 use std::path::Path;
 
 use anyhow::Context;
-use maelab_core::db::artifacts::{self, Artifact};
+use maelab_core::artifact_store::{ArtifactStore, StoreError};
+use maelab_core::db::artifacts::{self, Artifact, ArtifactBody};
 use maelab_core::db::queue::{ClaimedJob, QueueError, is_transient_sqlx};
 use maelab_core::db::runs;
 use sqlx::PgPool;
@@ -15,8 +16,11 @@ use super::JobEnd;
 use crate::train::checkpoint::{STATE_FILE, WEIGHTS_FILE};
 
 /// Write checkpoint `files` (weights `.safetensors` and state `.json`) into
-/// `dir` as `<stem>.safetensors` / `<stem>.json`.
-fn place(
+/// `dir` as `<stem>.safetensors` / `<stem>.json`: streamed from the store
+/// with their sha256 checked (a corrupt object is an error, never trained
+/// from), or written from the row for checkpoints stored before the store.
+async fn place(
+    store: &ArtifactStore,
     files: &[Artifact],
     dir: &Path,
     weights_name: &str,
@@ -32,8 +36,17 @@ fn place(
         } else {
             continue;
         };
-        std::fs::write(&target, &file.bytes)
-            .with_context(|| format!("writing {}", target.display()))?;
+        match &file.body {
+            ArtifactBody::Inline(bytes) => tokio::fs::write(&target, bytes)
+                .await
+                .with_context(|| format!("writing {}", target.display()))?,
+            ArtifactBody::Stored { key } => {
+                store
+                    .download_to_file(key, &file.sha256, &target)
+                    .await
+                    .with_context(|| format!("downloading {} ({key})", file.name))?;
+            }
+        }
     }
     anyhow::ensure!(have_weights, "the stored checkpoint has no weights file");
     Ok(())
@@ -51,7 +64,12 @@ pub struct Prepared {
 /// job with the reason (a stored config that no longer validates, a missing
 /// or corrupt checkpoint): retrying would fail the same way. Connection
 /// errors ([`is_transient`]) are the exception; the caller retries those.
-pub async fn prepare(pool: &PgPool, job: &ClaimedJob, dir: &Path) -> anyhow::Result<Prepared> {
+pub async fn prepare(
+    pool: &PgPool,
+    store: &ArtifactStore,
+    job: &ClaimedJob,
+    dir: &Path,
+) -> anyhow::Result<Prepared> {
     let run_id = job.lease.run_id.context("a train job needs a run")?;
     let config = runs::run_config(pool, run_id)
         .await
@@ -61,7 +79,8 @@ pub async fn prepare(pool: &PgPool, job: &ClaimedJob, dir: &Path) -> anyhow::Res
         let files = artifacts::checkpoint_files(pool, run_id, epoch)
             .await
             .with_context(|| format!("fetching the checkpoint of epoch {epoch}"))?;
-        place(&files, dir, WEIGHTS_FILE, STATE_FILE)
+        place(store, &files, dir, WEIGHTS_FILE, STATE_FILE)
+            .await
             .with_context(|| format!("restoring the checkpoint of epoch {epoch}"))?;
         resume = true;
         tracing::info!(epoch, "resuming from the stored checkpoint");
@@ -81,7 +100,9 @@ pub async fn prepare(pool: &PgPool, job: &ClaimedJob, dir: &Path) -> anyhow::Res
             !files.is_empty(),
             "parent run {parent} has no checkpoint at epoch {epoch}"
         );
-        place(&files, dir, "parent.safetensors", "parent.json")?;
+        place(store, &files, dir, "parent.safetensors", "parent.json")
+            .await
+            .with_context(|| format!("restoring parent run {parent}'s checkpoint"))?;
         init_checkpoint = Some(dir.join("parent.safetensors"));
     }
     Ok(Prepared {
@@ -104,11 +125,14 @@ impl ParentEpoch for runs::RunView {
     }
 }
 
-/// Whether `e` came from a database error a retry can cure (the connection
-/// dropped, PostgreSQL restarting): such an error must not fail the job.
+/// Whether `e` came from a database or store error a retry can cure (the
+/// connection dropped, PostgreSQL restarting, the bucket unreachable): such
+/// an error must not fail the job.
 pub fn is_transient(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
-        if let Some(q) = cause.downcast_ref::<QueueError>() {
+        if let Some(s) = cause.downcast_ref::<StoreError>() {
+            s.is_transient()
+        } else if let Some(q) = cause.downcast_ref::<QueueError>() {
             q.is_transient()
         } else if let Some(runs::RunError::Db(db)) = cause.downcast_ref::<runs::RunError>() {
             is_transient_sqlx(db)

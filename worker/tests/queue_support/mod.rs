@@ -13,6 +13,15 @@ use maelab_core::db::queue::JobType;
 use maelab_core::db::runs::{self, CreatedRun, JobOptions};
 use sqlx::PgPool;
 
+/// The artifact store every worker of the test database at `url` shares
+/// (what `maelab serve` would publish): a folder named after the database.
+pub fn store_dir(url: &str) -> PathBuf {
+    let name = url.rsplit('/').next().unwrap_or("unknown");
+    std::env::temp_dir()
+        .join("maelab-test-artifacts")
+        .join(name)
+}
+
 /// A `maelab-worker run` process, killed (SIGKILL) when dropped.
 pub struct WorkerProcess {
     pub child: Child,
@@ -22,6 +31,7 @@ impl WorkerProcess {
     pub fn spawn(url: &str, extra: &[&str]) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_maelab-worker"))
             .args(["run", "--database-url", url, "--device", "cpu"])
+            .env("MAELAB_ARTIFACT_STORE", store_dir(url))
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -80,6 +90,7 @@ impl LoggedWorker {
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_maelab-worker"))
             .args(["run", "--database-url", url, "--device", "cpu"])
+            .env("MAELAB_ARTIFACT_STORE", store_dir(url))
             .args(["--poll-interval", "0.5", "--threads", "1"])
             .args(["--loader-threads", "1", "--cache-dir"])
             .arg(dir.join("cache"))
@@ -181,6 +192,29 @@ pub async fn wait_status(pool: &PgPool, run_id: uuid::Uuid, status: &str, limit:
             "run {run_id} is {now}, expected {status}"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Wait for a final status (succeeded, failed, cancelled) and return it; on
+/// a timeout, panic showing `logs()` (the workers' logs).
+pub async fn wait_final(
+    pool: &PgPool,
+    run_id: uuid::Uuid,
+    limit: Duration,
+    logs: impl Fn() -> String,
+) -> String {
+    let end = Instant::now() + limit;
+    loop {
+        let status = run_status(pool, run_id).await;
+        if matches!(status.as_str(), "succeeded" | "failed" | "cancelled") {
+            return status;
+        }
+        assert!(
+            Instant::now() < end,
+            "run {run_id} still {status} after {limit:?}; logs:\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -5,20 +5,19 @@
 //! translates HTTP.
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use maelab_core::artifact_store::StoreError;
 use maelab_core::config::RunKind;
-use maelab_core::db::artifacts::NewArtifact;
+use maelab_core::db::artifacts::NewStoredArtifact;
 use maelab_core::db::ingest::{
     self, DEFAULT_LOST_AFTER_SECONDS, FinishStatus, IngestError, MAX_POINTS, NewExternalRun, Point,
 };
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::extract::{self, StrictJson, StrictQuery};
 use super::paths::RunPath;
@@ -295,8 +294,8 @@ pub struct UploadQuery {
 }
 
 /// `PUT /api/v1/runs/{run_id}/artifacts/{name}?sha256=…&kind=…&epoch=…`:
-/// the body streamed into the digest (and a buffer up to the artifact limit),
-/// stored only when the digest matches.
+/// the body streamed into the digest and the artifact store (never buffered
+/// whole), kept only when the digest matches.
 pub async fn upload(
     access: Access<Submit>,
     State(state): State<AppState>,
@@ -342,50 +341,61 @@ pub async fn upload(
     if declared.is_some_and(|n| n > MAX_ARTIFACT_BYTES as u64) {
         return Err(AppError::PayloadTooLarge(MAX_ARTIFACT_BYTES));
     }
-    let (bytes, digest) = read_hashed(body, MAX_ARTIFACT_BYTES).await?;
-    if digest != expected {
-        return Err(AppError::Invalid(maelab_core::ConfigErrors::one(
-            "sha256",
-            format!("the body's sha256 is {digest}, not {expected}; nothing was stored"),
-        )));
-    }
-    let id = ingest::put_artifact(
+    // Into the store first, under a fresh key: a digest mismatch or an
+    // oversized body aborts the upload (nothing stored); the row follows.
+    let key = maelab_core::artifact_store::key::new_key(run_id, &name)
+        .map_err(|e| AppError::bad_request("name", e.to_string()))?;
+    let body = body
+        .into_data_stream()
+        .map(|chunk| chunk.map_err(std::io::Error::other));
+    let object = state
+        .artifacts
+        .put_stream(&key, body, Some(&expected), Some(MAX_ARTIFACT_BYTES as u64))
+        .await
+        .map_err(upload_error)?;
+    let stored = ingest::put_artifact(
         &state.db,
         run_id,
-        &NewArtifact {
+        &NewStoredArtifact {
             kind,
             epoch: q.epoch,
             name: &name,
             media_type: &media_type,
-            bytes: &bytes,
+            object: &object,
         },
     )
-    .await?;
+    .await;
+    let id = match stored {
+        Ok(id) => id,
+        Err(e) => {
+            if let Err(d) = state.artifacts.delete(&object.key).await {
+                tracing::warn!(key = object.key, error = %d, "deleting an upload whose row was refused");
+            }
+            return Err(e.into());
+        }
+    };
+    // The object this upload replaced, if any.
+    maelab_core::artifact_store::gc::sweep_quietly(&state.db, &state.artifacts).await;
     Ok((
         StatusCode::CREATED,
         Json(serde_json::json!({
             "artifact_id": id, "run_id": run_id, "name": name, "kind": kind,
-            "epoch": q.epoch, "media_type": media_type, "size_bytes": bytes.len(),
-            "sha256": digest,
+            "epoch": q.epoch, "media_type": media_type, "size_bytes": object.size,
+            "sha256": object.sha256,
         })),
     ))
 }
 
-/// Read a body chunk by chunk into the digest, refusing (413) past `limit`.
-async fn read_hashed(body: Body, limit: usize) -> Result<(Vec<u8>, String), AppError> {
-    let mut stream = body.into_data_stream();
-    let mut hasher = Sha256::new();
-    let mut buf = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| AppError::bad_request("", format!("cannot read the body: {e}")))?;
-        if buf.len() + chunk.len() > limit {
-            return Err(AppError::PayloadTooLarge(limit));
+/// An upload the store refused, as an answer naming the field.
+fn upload_error(e: StoreError) -> AppError {
+    match e {
+        StoreError::TooLarge { .. } => AppError::PayloadTooLarge(MAX_ARTIFACT_BYTES),
+        StoreError::DigestMismatch { .. } => {
+            AppError::Invalid(maelab_core::ConfigErrors::one("sha256", e.to_string()))
         }
-        hasher.update(&chunk);
-        buf.extend_from_slice(&chunk);
+        StoreError::Source(e) => AppError::bad_request("", format!("cannot read the body: {e}")),
+        other => crate::http::artifact_body::store_error(other),
     }
-    Ok((buf, hex::encode(hasher.finalize())))
 }
 
 /// `GET /api/v1/runs/{run_id}/metrics`'s query: no key lists the keys.

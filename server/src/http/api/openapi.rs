@@ -60,6 +60,7 @@ pub fn run_config_schema() -> Value {
         "accum_iter",
         "train_subset",
         "epoch_images",
+        "checkpoint_keep_every",
         "test_subset",
         "parent_epoch",
     ] {

@@ -46,7 +46,7 @@ const P: &str = "Pretraining";
 const F: &str = "Finetuning";
 
 /// Every config field, in the order the form shows them.
-pub const FIELDS: [Spec; 45] = [
+pub const FIELDS: [Spec; 46] = [
     f("name", "Name", Ty::Text, G),
     f("kind", "Kind", Ty::Choice(&["pretrain", "finetune"]), G),
     f("model", "Model", Ty::Choice(&["mae", "wave_mae"]), G),
@@ -79,6 +79,12 @@ pub const FIELDS: [Spec; 45] = [
     f("warmup_epochs", "Warm-up epochs", Ty::Number, O),
     f("batch_size", "Batch size", Ty::Whole, O),
     f("accum_iter", "Accumulation steps", Ty::Whole, O),
+    f(
+        "checkpoint_keep_every",
+        "Keep every N-th checkpoint",
+        Ty::Whole,
+        O,
+    ),
     f("blr", "Base lr (blr)", Ty::Number, O),
     f("lr", "Absolute lr (overrides blr)", Ty::Number, O),
     f("min_lr", "Min lr", Ty::Number, O),

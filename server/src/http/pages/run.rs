@@ -4,9 +4,8 @@
 
 use askama::Template;
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maelab_core::db::ingest::EPOCH_KEYS;
@@ -17,8 +16,8 @@ use uuid::Uuid;
 use super::{PageError, PageQuery, Reader, csrf_value, human_duration, render};
 use crate::auth::{CsrfForm, Submit};
 use crate::http::AppError;
-use crate::http::AppState;
 use crate::http::security_headers::{artifact_content_type, artifact_disposition};
+use crate::http::{AppState, artifact_body};
 use crate::live::{self, Cursor};
 use crate::read_model::artifacts::{self, ArtifactFile, ArtifactInfo};
 use crate::read_model::metrics::{self, EpochRow, StepRow};
@@ -311,7 +310,7 @@ async fn artifact(
     let file = artifacts::viewable(&state.db, run_id, artifact_id)
         .await?
         .ok_or_else(missing)?;
-    send_artifact(file, &headers, None)
+    send_artifact(&state, file, &headers, None).await
 }
 
 /// The run's log.txt, as a download.
@@ -324,7 +323,7 @@ async fn log(
     let file = artifacts::stored_log(&state.db, run_id)
         .await?
         .ok_or_else(|| PageError::NotFound(format!("the log of run {run_id}")))?;
-    send_artifact(file, &HeaderMap::new(), Some("log.txt"))
+    send_artifact(&state, file, &HeaderMap::new(), Some("log.txt")).await
 }
 
 /// The run's system figures (CPU, memory, GPU) over the run, for
@@ -342,12 +341,13 @@ async fn system(
     Ok(axum::Json(columns).into_response())
 }
 
-fn send_artifact(
+async fn send_artifact(
+    state: &AppState,
     file: ArtifactFile,
     headers: &HeaderMap,
     download_as: Option<&str>,
 ) -> Result<Response, PageError> {
-    let etag = format!("\"{}\"", file.info.sha256.unwrap_or_default());
+    let etag = format!("\"{}\"", file.info.sha256.clone().unwrap_or_default());
     if headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -355,18 +355,24 @@ fn send_artifact(
     {
         return Ok(StatusCode::NOT_MODIFIED.into_response());
     }
-    let media_type = &file.info.media_type;
-    let name = download_as.unwrap_or(&file.info.name);
-    Response::builder()
-        .header(header::CONTENT_TYPE, artifact_content_type(media_type))
-        .header(
-            header::CONTENT_DISPOSITION,
-            artifact_disposition(media_type, name),
-        )
-        .header(header::ETAG, etag)
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from(file.bytes))
-        .map_err(|e| PageError::BadRequest(e.to_string()))
+    let media_type = file.info.media_type.clone();
+    let name = download_as.unwrap_or(&file.info.name).to_string();
+    let mut response =
+        artifact_body::respond(&state.artifacts, file, &Method::GET, headers).await?;
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, artifact_content_type(&media_type));
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        artifact_disposition(&media_type, &name),
+    );
+    if let Ok(v) = etag.parse() {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache"),
+    );
+    Ok(response)
 }
 
 async fn cancel(
