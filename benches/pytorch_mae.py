@@ -4,7 +4,12 @@ synthetic full training steps (forward, backward, AdamW), images/second and
 peak RSS. Plain torch, no timm, so it runs in the project's venv.
 
     python benches/pytorch_mae.py --preset vit-tiny/4 --mode pretrain --batch 128 --steps 10 --threads 2
+
+`--dtype bf16` runs the forward pass under torch.autocast(dtype=torch.bfloat16) on
+the device (fp32 weights, gradients and AdamW state, no GradScaler), as
+`maelab-worker bench --precision bf16` does; `--device cuda` for a GPU.
 """
+import contextlib
 import argparse
 import resource
 import time
@@ -175,6 +180,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -194,12 +200,18 @@ def main():
     labels = torch.randint(0, 10, (a.batch,), device=dev)
     model.train()
 
+    def autocast():
+        if a.dtype == "bf16":
+            return torch.autocast(dev.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def step():
         opt.zero_grad()
-        if a.mode == "pretrain":
-            loss = model(imgs)
-        else:
-            loss = F.cross_entropy(model(imgs), labels, label_smoothing=0.1)
+        with autocast():
+            if a.mode == "pretrain":
+                loss = model(imgs)
+            else:
+                loss = F.cross_entropy(model(imgs), labels, label_smoothing=0.1)
         loss.backward()
         opt.step()
         return loss.item()
@@ -213,7 +225,7 @@ def main():
         loss = step()
     secs = time.perf_counter() - t
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    print(f"pytorch {torch.__version__} preset {a.preset} mode {a.mode} batch {a.batch} steps {a.steps} threads {torch.get_num_threads()}")
+    print(f"pytorch {torch.__version__} preset {a.preset} mode {a.mode} batch {a.batch} steps {a.steps} device {a.device} dtype {a.dtype} threads {torch.get_num_threads()}")
     print(f"n_parameters {n_params}")
     print(f"images_per_second {a.steps * a.batch / secs:.1f}")
     print(f"last_loss {loss:.4f}")

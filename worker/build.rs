@@ -2,7 +2,8 @@
 //! again at run time: an rpath to its lib folder, so no LD_LIBRARY_PATH is needed,
 //! and `libtorch_cuda.so` linked with --no-as-needed where it exists, because the
 //! linker would otherwise drop it (nothing references it by symbol) and CUDA
-//! would silently be unavailable.
+//! would silently be unavailable. It also compiles csrc/torch_ext.cpp (what tch
+//! does not bind, see src/torch_ext.rs) against the same libtorch's headers.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -18,6 +19,7 @@ fn main() {
         return;
     };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
+    compile_torch_ext(&lib_dir);
     if let Some(version) = torch_version(&lib_dir) {
         println!("cargo:rustc-env=MAELAB_BUILT_TORCH_VERSION={version}");
     }
@@ -44,6 +46,30 @@ fn libtorch_lib_dir() -> Option<PathBuf> {
     }
     let dir = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
     dir.is_dir().then_some(dir)
+}
+
+/// csrc/torch_ext.cpp into a static library, with the flags torch-sys compiles
+/// its own C++ with (C++17, libtorch's C++11 ABI setting, `LIBTORCH_CXX11_ABI`
+/// as torch-sys reads it, default 1 as in the 2.x wheels); libtorch itself is
+/// linked by torch-sys.
+fn compile_torch_ext(lib_dir: &std::path::Path) {
+    println!("cargo:rerun-if-changed=csrc/torch_ext.cpp");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    let Some(root) = lib_dir.parent() else {
+        return;
+    };
+    let include = root.join("include");
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .std("c++17")
+        .warnings(false)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
+        .file("csrc/torch_ext.cpp")
+        .compile("maelab_torch_ext");
 }
 
 /// `torch/version.py` beside `torch/lib` holds `__version__ = '2.11.0+cu130'`.

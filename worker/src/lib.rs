@@ -11,4 +11,5 @@ pub mod model;
 pub mod queue;
 pub mod system;
 pub mod telemetry;
+pub mod torch_ext;
 pub mod train;

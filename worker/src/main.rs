@@ -22,6 +22,8 @@ enum Command {
     Train(cli::train::Args),
     /// Measure images/second and peak memory of full training steps.
     Bench(cli::bench::Args),
+    /// Measure augmented images/second of the CPU loader and of the device path.
+    BenchAugment(cli::bench_augment::Args),
     /// Fetch or prepare datasets.
     #[command(subcommand)]
     Data(cli::data::Command),
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => cli::doctor::main(args),
         Command::Train(args) => cli::train::main(args),
         Command::Bench(args) => cli::bench::main(args),
+        Command::BenchAugment(args) => cli::bench_augment::main(args),
         Command::Data(cmd) => cli::data::main(cmd),
         Command::Run(args) => cli::run::main(args),
         Command::QueueBench(args) => cli::queue_bench::main(args),

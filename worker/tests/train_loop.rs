@@ -293,16 +293,62 @@ fn a_non_finite_loss_stops_the_run_with_a_reason_in_the_log() {
 }
 
 #[test]
-fn bf16_on_the_cpu_and_a_bad_wave_config_are_refused_before_training() {
+fn bf16_autocast_trains_on_the_cpu_close_to_fp32_and_keeps_fp32_state() {
     let e = env();
+    let run = |kind: &str, precision: &str| {
+        let extra = format!(
+            "epochs = 1\ntrain_subset = 256\ntest_subset = 64\nprecision = \"{precision}\""
+        );
+        let cfg = config(kind, &e.data, &extra);
+        let out = e.root.join(format!("{kind}-{precision}"));
+        let mut sink = RecordingSink::default();
+        let outcome =
+            train::run(&cfg, &options(&out, &e.root.join("cache")), &mut sink).expect(precision);
+        assert_eq!(outcome, Outcome::Finished);
+        let row = sink.rows.pop().expect("an epoch row");
+        let tensors =
+            checkpoint::read_tensors(&out.join(checkpoint::WEIGHTS_FILE)).expect("checkpoint");
+        (row, tensors)
+    };
+    for kind in ["pretrain", "finetune"] {
+        let (fp32, _) = run(kind, "fp32");
+        let (bf16, tensors) = run(kind, "bf16");
+        let (a, b) = (fp32.train_loss, bf16.train_loss);
+        assert!(b.is_finite(), "{kind}: bf16 loss {b}");
+        // Same seed, same batches: only the bf16 arithmetic differs, so the
+        // losses differ (autocast was on) but little.
+        assert_ne!(
+            a, b,
+            "{kind}: bf16 gave fp32's loss exactly; was autocast on?"
+        );
+        assert!(
+            (a - b).abs() <= 0.01 * a.abs(),
+            "{kind}: bf16 loss {b} vs fp32 {a}"
+        );
+        if let (Some(a), Some(b)) = (fp32.test_acc1, bf16.test_acc1) {
+            assert!(
+                b.is_finite() && (a - b).abs() <= 10.0,
+                "{kind}: acc1 {b} vs {a}"
+            );
+        }
+        // Master weights and AdamW's moments stay fp32.
+        assert!(tensors.keys().any(|n| n.starts_with("optim.exp_avg_sq.")));
+        for (name, t) in &tensors {
+            assert_eq!(t.kind(), tch::Kind::Float, "{kind}: {name}");
+        }
+    }
+}
+
+#[test]
+fn a_bad_wave_config_and_unknown_devices_are_refused_before_training() {
+    let e = env();
+    // bf16 where libtorch has no autocast: refused, naming the field.
     let cfg = config("pretrain", &e.data, "precision = \"bf16\"");
-    let err = train::run(
-        &cfg,
-        &options(&e.root.join("a"), &e.root.join("cache")),
-        &mut RecordingSink::default(),
-    )
-    .expect_err("bf16 on cpu");
-    assert!(matches!(err, TrainError::Bf16NeedsCuda));
+    let mut opts = options(&e.root.join("a"), &e.root.join("cache"));
+    opts.device = tch::Device::Mps;
+    let err = train::run(&cfg, &opts, &mut RecordingSink::default()).expect_err("bf16 on mps");
+    assert!(matches!(err, TrainError::Bf16Unsupported(_)), "{err}");
+    assert!(err.to_string().contains("precision"), "{err}");
     // Wave-MAE trains (tests/wave_mae.rs); a wave_sr that does not divide the
     // DWT grid (8x8 tokens -> 4x4) is refused before training.
     let mut cfg = config("pretrain", &e.data, "model = \"wave_mae\"");

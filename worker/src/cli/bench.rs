@@ -1,11 +1,14 @@
 //! `maelab-worker bench`: images/second of full training steps (forward,
-//! backward, AdamW) on synthetic data, and peak memory. The PyTorch eager
+//! backward, AdamW) on synthetic data, peak memory, and the fraction of the
+//! machine's fp32 matmul rate the steps' matmuls reach. The PyTorch eager
 //! reference of the same architecture is benches/pytorch_mae.py.
 
 use std::process::ExitCode;
 
-use maelab_core::config::{ModelKind, RunConfig, RunConfigInput, RunKind, WaveIn};
+use maelab_core::config::{ModelKind, Precision, RunConfig, RunConfigInput, RunKind, WaveIn};
 
+use crate::model::flops::train_flops_per_image;
+use crate::train::matmul_limit::{self, MatmulRates};
 use crate::train::throughput;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -29,6 +32,14 @@ enum WaveInArg {
     Both,
 }
 
+/// `precision` of the benched steps (the run config's field).
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PrecisionArg {
+    Fp32,
+    /// libtorch's bf16 autocast around the forward pass (train/autocast.rs).
+    Bf16,
+}
+
 #[derive(clap::Args)]
 pub struct Args {
     #[arg(long, value_enum, default_value = "mae")]
@@ -50,11 +61,49 @@ pub struct Args {
     warmup: u32,
     #[arg(long, default_value = "cpu")]
     device: String,
+    #[arg(long, value_enum, default_value = "fp32")]
+    precision: PrecisionArg,
     #[arg(long)]
     threads: Option<usize>,
     /// Pretraining with the frequency-aware loss at this weight (`hf_loss_weight`).
     #[arg(long, default_value_t = 0.0)]
     hf_loss_weight: f64,
+    /// What fp32 Linear layers on the CPU run on: oneDNN's matmul (the
+    /// default, where it works) or libtorch's `linear` (MKL's sgemm), for
+    /// side-by-side measurements.
+    #[arg(long, value_enum, default_value = "onednn")]
+    linear: LinearArg,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LinearArg {
+    Onednn,
+    Libtorch,
+}
+
+/// The 2048^3 fp32 matmul's rate and what fraction of the faster one the
+/// steps' matmul FLOPs reach (`crate::model::flops` says what is counted).
+fn print_matmul_limit(config: &RunConfig, images_per_second: f64, rates: &MatmulRates) {
+    let side = matmul_limit::SIDE;
+    println!(
+        "matmul_{side}_gflops libtorch {:.1} onednn {}",
+        rates.libtorch,
+        rates
+            .onednn
+            .map_or_else(|| "unavailable".to_string(), |r| format!("{r:.1}"))
+    );
+    let Some(flops) = train_flops_per_image(config) else {
+        println!("gflop_per_image unavailable (wavelet attention is not counted)");
+        return;
+    };
+    let achieved = images_per_second * flops / 1e9;
+    println!("gflop_per_image {:.3}", flops / 1e9);
+    println!("achieved_gflops {achieved:.1}");
+    println!(
+        "matmul_limit_fraction {:.3} (of the faster matmul; of libtorch's {:.3})",
+        achieved / rates.best().max(1e-9),
+        achieved / rates.libtorch.max(1e-9)
+    );
 }
 
 /// Peak resident memory of this process in MiB (VmHWM), Linux only.
@@ -88,6 +137,10 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         preset: Some(args.preset.clone()),
         batch_size: Some(args.batch),
         hf_loss_weight: Some(args.hf_loss_weight),
+        precision: Some(match args.precision {
+            PrecisionArg::Fp32 => Precision::Fp32,
+            PrecisionArg::Bf16 => Precision::Bf16,
+        }),
         ..Default::default()
     })
     .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -95,7 +148,10 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.threads {
         tch::set_num_threads(n.max(1) as i32);
     }
+    crate::torch_ext::set_onednn_linear(args.linear == LinearArg::Onednn);
     let measured = throughput::measure(&config, device, args.warmup, args.steps)?;
+    // After the steps, so it shares their conditions without disturbing them.
+    let matmul = matmul_limit::measure(device);
     let (ips, seconds, loss) = (
         measured.images_per_second,
         measured.seconds,
@@ -106,7 +162,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         Mode::Finetune => "finetune",
     };
     println!(
-        "model {}{} preset {} mode {mode} batch {} steps {} device {} threads {}",
+        "model {}{} preset {} mode {mode} batch {} steps {} device {} precision {} threads {}",
         config.model.as_str(),
         config
             .wave_in
@@ -116,6 +172,10 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         args.batch,
         args.steps,
         args.device,
+        match config.precision {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        },
         tch::get_num_threads()
     );
     println!("n_parameters {}", measured.n_parameters);
@@ -125,6 +185,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         seconds / f64::from(args.steps.max(1))
     );
     println!("last_loss {loss:.4}");
+    print_matmul_limit(&config, ips, &matmul);
     match peak_rss_mib() {
         Some(mib) => println!("peak_rss_mib {mib:.0}"),
         None => println!("peak_rss_mib unavailable"),

@@ -1,6 +1,7 @@
 //! The subcommands of `maelab-worker`, one module each.
 
 pub mod bench;
+pub mod bench_augment;
 pub mod data;
 pub mod doctor;
 pub mod queue_bench;

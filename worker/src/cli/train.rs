@@ -27,9 +27,13 @@ pub struct Args {
     /// CPU threads for torch (default: libtorch's choice).
     #[arg(long)]
     threads: Option<usize>,
-    /// Threads building augmented batches.
+    /// Threads building augmented batches (when the data stays on the host).
     #[arg(long, default_value_t = 2)]
     loader_threads: usize,
+    /// Put the decoded training set on the device and augment there: auto
+    /// (when it fits 2 GiB), on, or off (the CPU loader).
+    #[arg(long, default_value = "auto")]
+    data_on_device: crate::data::DataOnDevice,
     /// Finetune: the pretrain checkpoint (safetensors) to load the encoder from.
     #[arg(long)]
     init_checkpoint: Option<PathBuf>,
@@ -59,6 +63,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         device,
         threads: args.threads,
         loader_threads: args.loader_threads,
+        data_on_device: args.data_on_device,
         resume: args.resume,
         init_checkpoint: args.init_checkpoint,
         cache_dir: args

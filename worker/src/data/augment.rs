@@ -161,15 +161,39 @@ pub fn random_erase(
     width: usize,
     prob: f64,
 ) -> bool {
+    let Some(rect) = erase_box(rng, height, width, prob) else {
+        return false;
+    };
+    fill_noise(rng, img, height, width, rect);
+    true
+}
+
+/// Fill `rect` of a CHW image with standard-normal noise, channel by channel,
+/// row by row.
+pub fn fill_noise(rng: &mut impl Rng, img: &mut [f32], height: usize, width: usize, rect: Crop) {
+    let plane = height * width;
+    for c in 0..img.len() / plane {
+        for y in rect.top..rect.top + rect.height {
+            for x in rect.left..rect.left + rect.width {
+                img[c * plane + y * width + x] = standard_normal(rng) as f32;
+            }
+        }
+    }
+}
+
+/// The rectangle [`random_erase`] fills, drawn as timm draws it: with
+/// probability `prob`, up to 10 tries at an area in [2%, 1/3] of the image
+/// and a log-uniform aspect in [0.3, 1/0.3]; `None` when it does not erase.
+/// (A try may round to an empty rectangle, as in timm.)
+pub fn erase_box(rng: &mut impl Rng, height: usize, width: usize, prob: f64) -> Option<Crop> {
     const MIN_AREA: f64 = 0.02;
     const MAX_AREA: f64 = 1.0 / 3.0;
     const MIN_ASPECT: f64 = 0.3;
     if prob <= 0.0 || rng.r#gen::<f64>() > prob {
-        return false;
+        return None;
     }
     let area = (height * width) as f64;
     let log_aspect = (MIN_ASPECT.ln(), (1.0 / MIN_ASPECT).ln());
-    let plane = height * width;
     for _ in 0..10 {
         let target_area = uniform(rng, MIN_AREA, MAX_AREA) * area;
         let aspect = uniform(rng, log_aspect.0, log_aspect.1).exp();
@@ -178,15 +202,13 @@ pub fn random_erase(
         if w < width && h < height {
             let top = rng.gen_range(0..=height - h);
             let left = rng.gen_range(0..=width - w);
-            for c in 0..img.len() / plane {
-                for y in top..top + h {
-                    for x in left..left + w {
-                        img[c * plane + y * width + x] = standard_normal(rng) as f32;
-                    }
-                }
-            }
-            return true;
+            return Some(Crop {
+                top,
+                left,
+                height: h,
+                width: w,
+            });
         }
     }
-    false
+    None
 }

@@ -34,6 +34,10 @@ pub enum DataError {
         expected: String,
         actual: String,
     },
+    /// The decoded images could not be put on the training device (out of
+    /// memory, or a device libtorch cannot use).
+    #[error("putting the dataset on {device}: {reason}")]
+    Device { device: String, reason: String },
     /// The network request failed.
     #[error("downloading {url}: {reason}")]
     Download { url: String, reason: String },

@@ -15,7 +15,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use rand::seq::SliceRandom;
 use tch::Tensor;
 
-use super::augment::{self, CROP_RATIO, Crop, FINETUNE_CROP_SCALE, PRETRAIN_CROP_SCALE};
+use super::augment::{self, FINETUNE_CROP_SCALE, PRETRAIN_CROP_SCALE};
 use super::dataset::Dataset;
 use super::error::DataError;
 use super::mixup::{MixConfig, mix_batch, mixed_targets};
@@ -122,10 +122,62 @@ pub struct LoaderConfig {
     pub prefetch: usize,
 }
 
+impl LoaderConfig {
+    /// Say why this config does not fit a dataset with `classes` classes
+    /// (batch size 0, fewer classes than the labels need).
+    pub(crate) fn check(&self, classes: usize) -> Result<(), DataError> {
+        if self.batch_size == 0 {
+            return Err(DataError::invalid(
+                "loader",
+                "batch_size must be at least 1",
+            ));
+        }
+        if let Augment::Finetune(f) = &self.augment
+            && f.num_classes < classes
+        {
+            return Err(DataError::invalid(
+                "loader",
+                format!(
+                    "num_classes is {} but the dataset has {classes} classes",
+                    f.num_classes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The epoch's dataset indices in order (shuffled by seed and epoch, cut
+    /// to `limit`) and how many batches they make.
+    pub(crate) fn epoch_order(&self, len: usize) -> (Vec<usize>, usize) {
+        let mut order: Vec<usize> = (0..len).collect();
+        if self.shuffle {
+            order.shuffle(&mut derive(self.seed, self.epoch, 0, Stream::Shuffle));
+        }
+        if let Some(n) = self.limit {
+            order.truncate(n);
+        }
+        let num_batches = if self.drop_last {
+            order.len() / self.batch_size
+        } else {
+            order.len().div_ceil(self.batch_size)
+        };
+        (order, num_batches)
+    }
+
+    /// The mixing settings when batches carry soft targets.
+    pub(crate) fn soft_targets(&self) -> Option<(MixConfig, &FinetuneAugment)> {
+        match &self.augment {
+            Augment::Finetune(f) if f.mix_config().soft_targets() => Some((f.mix_config(), f)),
+            _ => None,
+        }
+    }
+}
+
 /// One batch, ready for the model.
 #[derive(Debug)]
 pub struct Batch {
-    /// `[B, 3, H, W]` f32, normalised with the CIFAR-10 mean/std, CPU.
+    /// `[B, 3, H, W]` f32, normalised with the CIFAR-10 mean/std; on the CPU
+    /// from the [`Loader`], on the training device from the device path.
     pub images: Tensor,
     /// `[B]` i64 class indices (before mixing).
     pub labels: Tensor,
@@ -175,36 +227,8 @@ impl Loader {
     /// Start the worker threads, or say why the config does not fit the
     /// dataset (batch size 0, fewer classes than the labels need).
     pub fn try_new(ds: Arc<Dataset>, cfg: LoaderConfig) -> Result<Self, DataError> {
-        if cfg.batch_size == 0 {
-            return Err(DataError::invalid(
-                "loader",
-                "batch_size must be at least 1",
-            ));
-        }
-        if let Augment::Finetune(f) = &cfg.augment
-            && f.num_classes < ds.classes.len()
-        {
-            return Err(DataError::invalid(
-                "loader",
-                format!(
-                    "num_classes is {} but the dataset has {} classes",
-                    f.num_classes,
-                    ds.classes.len()
-                ),
-            ));
-        }
-        let mut order: Vec<usize> = (0..ds.len()).collect();
-        if cfg.shuffle {
-            order.shuffle(&mut derive(cfg.seed, cfg.epoch, 0, Stream::Shuffle));
-        }
-        if let Some(n) = cfg.limit {
-            order.truncate(n);
-        }
-        let num_batches = if cfg.drop_last {
-            order.len() / cfg.batch_size
-        } else {
-            order.len().div_ceil(cfg.batch_size)
-        };
+        cfg.check(ds.classes.len())?;
+        let (order, num_batches) = cfg.epoch_order(ds.len());
         let plan = Arc::new(Plan {
             ds,
             cfg,
@@ -275,34 +299,18 @@ fn build_batch(plan: &Plan, b: usize) -> RawBatch {
         .enumerate()
     {
         let mut rng = derive(cfg.seed, cfg.epoch, (start + k) as u64, Stream::Sample);
-        let src = ds.image(idx);
-        match &cfg.augment {
-            Augment::None => {
-                augment::resized_crop_normalised(src, h, w, Crop::full(h, w), false, out)
-            }
-            Augment::Pretrain { scale } => {
-                let crop = augment::random_resized_crop(&mut rng, h, w, *scale, CROP_RATIO);
-                let flip = rand::Rng::r#gen::<f64>(&mut rng) < 0.5;
-                augment::resized_crop_normalised(src, h, w, crop, flip, out);
-            }
-            Augment::Finetune(f) => {
-                let crop = augment::random_resized_crop(&mut rng, h, w, f.scale, CROP_RATIO);
-                let flip = f.hflip && rand::Rng::r#gen::<f64>(&mut rng) < 0.5;
-                augment::resized_crop_normalised(src, h, w, crop, flip, out);
-                augment::random_erase(&mut rng, out, h, w, f.reprob);
-            }
+        let draw = cfg.augment.draw(&mut rng, h, w);
+        augment::resized_crop_normalised(ds.image(idx), h, w, draw.crop, draw.flip, out);
+        if let Some(rect) = draw.erase {
+            augment::fill_noise(&mut rng, out, h, w, rect);
         }
     }
     let labels: Vec<i64> = indices.iter().map(|&i| i64::from(ds.labels[i])).collect();
-    let targets = match &cfg.augment {
-        Augment::Finetune(f) if f.mix_config().soft_targets() => {
-            let mix_cfg = f.mix_config();
-            let mut rng = derive(cfg.seed, cfg.epoch, b as u64, Stream::Mix);
-            let mix = mix_batch(&mut rng, &mix_cfg, &mut images, indices.len(), h, w);
-            Some(mixed_targets(&labels, mix.lam, f.smoothing, f.num_classes))
-        }
-        _ => None,
-    };
+    let targets = cfg.soft_targets().map(|(mix_cfg, f)| {
+        let mut rng = derive(cfg.seed, cfg.epoch, b as u64, Stream::Mix);
+        let mix = mix_batch(&mut rng, &mix_cfg, &mut images, indices.len(), h, w);
+        mixed_targets(&labels, mix.lam, f.smoothing, f.num_classes)
+    });
     RawBatch {
         images,
         labels,

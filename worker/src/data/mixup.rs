@@ -53,6 +53,21 @@ pub fn mix_batch(
     height: usize,
     width: usize,
 ) -> Mix {
+    let mix = sample_mix(rng, cfg, batch, height, width);
+    apply_mix(&mix, images, batch, height, width);
+    mix
+}
+
+/// What [`mix_batch`] does to a batch, drawn without touching the pixels:
+/// whether to mix at all, mixup or cutmix, lambda and the cutmix box. The
+/// device path draws here too and mixes on its device.
+pub fn sample_mix(
+    rng: &mut impl Rng,
+    cfg: &MixConfig,
+    batch: usize,
+    height: usize,
+    width: usize,
+) -> Mix {
     let unmixed = Mix {
         lam: 1.0,
         cutmix_box: None,
@@ -67,11 +82,31 @@ pub fn mix_batch(
     };
     let alpha = if use_cutmix { cfg.cutmix } else { cfg.mixup };
     let lam = beta_symmetric(rng, alpha);
+    if !use_cutmix {
+        return Mix {
+            lam,
+            cutmix_box: None,
+        };
+    }
+    let (top, bottom, left, right) = cutmix_box(rng, lam, height, width);
+    // timm's correct_lam: the label weight is the area actually kept.
+    let lam = 1.0 - ((bottom - top) * (right - left)) as f64 / (height * width) as f64;
+    Mix {
+        lam,
+        cutmix_box: Some((top, bottom, left, right)),
+    }
+}
+
+/// Do `mix` to a batch of CHW images in place: paste the mirrored batch's
+/// box (cutmix) or blend with it at `lam` (mixup).
+pub fn apply_mix(mix: &Mix, images: &mut [f32], batch: usize, height: usize, width: usize) {
+    if batch == 0 || (mix.lam == 1.0 && mix.cutmix_box.is_none()) {
+        return;
+    }
     let per_image = images.len() / batch;
     let original = images.to_vec();
     let partner = |i: usize| &original[(batch - 1 - i) * per_image..(batch - i) * per_image];
-    if use_cutmix {
-        let (top, bottom, left, right) = cutmix_box(rng, lam, height, width);
+    if let Some((top, bottom, left, right)) = mix.cutmix_box {
         let plane = height * width;
         for i in 0..batch {
             let other = partner(i);
@@ -83,14 +118,8 @@ pub fn mix_batch(
                 }
             }
         }
-        // timm's correct_lam: the label weight is the area actually kept.
-        let lam = 1.0 - ((bottom - top) * (right - left)) as f64 / (height * width) as f64;
-        Mix {
-            lam,
-            cutmix_box: Some((top, bottom, left, right)),
-        }
     } else {
-        let (a, b) = (lam as f32, (1.0 - lam) as f32);
+        let (a, b) = (mix.lam as f32, (1.0 - mix.lam) as f32);
         for i in 0..batch {
             let other = partner(i);
             for (v, o) in images[i * per_image..(i + 1) * per_image]
@@ -99,10 +128,6 @@ pub fn mix_batch(
             {
                 *v = *v * a + o * b;
             }
-        }
-        Mix {
-            lam,
-            cutmix_box: None,
         }
     }
 }

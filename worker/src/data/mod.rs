@@ -1,7 +1,8 @@
 //! The worker's data pipeline: reading CIFAR-10 (official binary files,
 //! ImageFolder trees, `.tar.gz` archives of them) into memory through a
 //! content-addressed cache, and loading augmented, normalised batches on
-//! background threads while the model trains.
+//! background threads while the model trains, or, when the decoded set fits,
+//! from a copy on the training device augmented there ([`device`]).
 //!
 //! Augmentation follows MAE (<https://github.com/facebookresearch/mae>):
 //! RandomResizedCrop + flip for pretraining; crop, flip, random erasing,
@@ -13,21 +14,26 @@ mod cache;
 pub mod cifar_bin;
 mod dataset;
 mod decode;
+pub mod device;
 pub mod download;
+mod draw;
 mod error;
 mod image_folder;
 mod loader;
 pub mod mixup;
 mod rng;
 mod source;
+mod train_set;
 
 use std::path::{Path, PathBuf};
 
 pub use augment::{CROP_RATIO, FINETUNE_CROP_SCALE, PRETRAIN_CROP_SCALE};
 pub use dataset::{Dataset, Split};
+pub use draw::Draw;
 pub use error::DataError;
 pub use loader::{Augment, Batch, FinetuneAugment, Loader, LoaderConfig, to_tensor};
 pub use source::{CIFAR10_DEFAULT, CIFAR10_ENV, Source, resolve_spec};
+pub use train_set::{Batches, DEVICE_DATA_BUDGET, DataOnDevice, TrainSet};
 
 /// CIFAR-10's per-channel mean of pixel values in [0, 1].
 pub const CIFAR10_MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];

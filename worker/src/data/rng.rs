@@ -12,6 +12,8 @@ pub enum Stream {
     Shuffle = 1,
     Sample = 2,
     Mix = 3,
+    /// The key of a device batch's erasing noise.
+    Noise = 4,
 }
 
 /// A generator for one (seed, epoch, index, stream).

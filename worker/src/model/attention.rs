@@ -30,17 +30,12 @@ impl Attention {
             .forward(x) // [B, N, 3D]
             .reshape([b, n, 3, h, d / h])
             .permute([2, 0, 3, 1, 4]); // [3, B, H, N, D/H]
-        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        let out = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<Tensor>,
-            0.0,
-            false,
-            None,
-            false,
-        ); // [B, H, N, D/H]
+        // unbind, not three selects: its backward stacks the three gradients
+        // once, where each select's backward would fill a zeroed [3, ..] copy.
+        let qkv = qkv.unbind(0);
+        let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]);
+        let out =
+            Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, false, None, false); // [B, H, N, D/H]
         self.proj.forward(&out.transpose(1, 2).reshape([b, n, d]))
     }
 }

@@ -3,7 +3,7 @@
 //! parameter names (`patch_embed.proj`, `cls_token`, `pos_embed`, `blocks.N`),
 //! so a classifier loads a pretrain checkpoint's encoder by name.
 
-use tch::{Kind, Tensor, nn};
+use tch::{Tensor, nn};
 
 use super::ModelError;
 use super::block::{AttnKind, Block, BlockConfig, TokenLayout};
@@ -105,9 +105,4 @@ impl Encoder {
             .iter()
             .fold(x, |x, blk| blk.forward(&x, &layout, train))
     }
-}
-
-/// The compute kind of a precision name: fp32 or bf16.
-pub fn compute_kind(bf16: bool) -> Kind {
-    if bf16 { Kind::BFloat16 } else { Kind::Float }
 }

@@ -1,10 +1,12 @@
 //! Linear and LayerNorm with MAE's initialisation, computing in the input's
 //! precision: with bf16 inputs the fp32 master weights are cast on the fly (what
-//! autocast would do), LayerNorm runs in fp32 for stability.
+//! autocast would do), LayerNorm runs in fp32 for stability. fp32 Linear on
+//! the CPU goes to oneDNN's matmul (`crate::torch_ext::linear`).
 
 use tch::{Kind, Tensor, nn};
 
 use super::init::xavier_uniform;
+use crate::torch_ext;
 
 /// LayerNorm eps of the official models (`partial(nn.LayerNorm, eps=1e-6)`).
 pub const LN_EPS: f64 = 1e-6;
@@ -29,6 +31,13 @@ impl Linear {
 
     /// [.., in] -> [.., out]
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        if torch_ext::use_onednn_linear(x, self.weight.kind()) {
+            match torch_ext::linear(x, &self.weight, &self.bias) {
+                Ok(y) => return y,
+                // libtorch's linear below fails (or works) on the same input.
+                Err(e) => tracing::debug!("oneDNN linear: {e}"),
+            }
+        }
         if x.kind() == self.weight.kind() {
             x.linear(&self.weight, Some(&self.bias))
         } else {

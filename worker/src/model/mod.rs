@@ -6,6 +6,7 @@ pub mod block;
 pub mod classifier;
 pub mod drop_path;
 pub mod encoder;
+pub mod flops;
 pub mod init;
 pub mod layers;
 pub mod mae;

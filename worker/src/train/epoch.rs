@@ -11,7 +11,7 @@ use tch::Tensor;
 use super::optim::AdamW;
 use super::schedule::{fractional_epoch, lr_at};
 use super::{TrainError, TrainOptions, control};
-use crate::data::{Batch, Loader};
+use crate::data::Batch;
 use crate::events::{Sink, StepSample, StopReason};
 
 /// Step events per epoch the sink gets (about).
@@ -32,17 +32,18 @@ pub enum EpochEnd {
     Stopped(StopReason),
 }
 
-/// Train one epoch. `forward` returns the batch's loss (a scalar).
+/// Train one epoch on `loader`'s batches (the CPU loader's or the device
+/// path's). `forward` returns the batch's loss (a scalar).
 pub fn train_epoch(
     config: &RunConfig,
     opts: &TrainOptions,
     epoch: u32,
-    loader: Loader,
+    loader: impl ExactSizeIterator<Item = Batch>,
     optim: &mut AdamW,
     sink: &mut dyn Sink,
     forward: &mut dyn FnMut(&Batch) -> Tensor,
 ) -> Result<EpochEnd, TrainError> {
-    let n = loader.num_batches();
+    let n = loader.len();
     let accum = config.accum_iter.max(1) as usize;
     let sample_every = (n / SAMPLES_PER_EPOCH).max(1);
     let start = Instant::now();

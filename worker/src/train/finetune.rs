@@ -3,21 +3,20 @@
 //! mixup/cutmix soft targets or label smoothing, test metrics every epoch.
 
 use std::path::Path;
-use std::sync::Arc;
 
-use maelab_core::config::{Precision, RunConfig};
+use maelab_core::config::RunConfig;
 use tch::{Kind, Reduction, Tensor, nn};
 
+use super::autocast::Autocast;
 use super::checkpoint;
 use super::epoch::{EpochEnd, train_epoch};
 use super::evaluate::evaluate;
 use super::{
-    Outcome, TrainError, TrainOptions, build_optimizer, epoch_loader, finish_epoch, resume,
-    seed_torch,
+    Outcome, TrainError, TrainOptions, build_optimizer, epoch_loader, finish_epoch, place_train,
+    resume, seed_torch,
 };
 use crate::data::{Batch, Dataset};
 use crate::events::{EpochRow, Sink};
-use crate::model::encoder::compute_kind;
 use crate::model::wave::finetune_attn;
 use crate::model::{Classifier, n_parameters};
 
@@ -66,7 +65,7 @@ pub fn run(
     sink: &mut dyn Sink,
 ) -> Result<Outcome, TrainError> {
     let device = opts.device;
-    let kind = compute_kind(config.precision == Precision::Bf16);
+    let autocast = Autocast::new(config.precision, device)?;
     tch::manual_seed(config.seed as i64);
     let vs = nn::VarStore::new(device);
     let model = Classifier::new(
@@ -83,22 +82,23 @@ pub fn run(
     }
     tracing::info!(n_parameters = n_params, "classifier built");
 
-    let train = Arc::new(train);
+    let train = place_train(train, opts)?;
     let eval_batch = (config.batch_size as usize).max(256);
     for epoch in start..config.epochs {
         seed_torch(config.seed, epoch);
         let loader = epoch_loader(&train, config, opts, epoch)?;
         let start_time = std::time::Instant::now();
         let mut forward = |batch: &Batch| {
-            let imgs = batch.images.to_device(device).to_kind(kind);
-            classification_loss(&model.forward(&imgs, true), batch, config.smoothing)
+            let imgs = batch.images.to_device(device);
+            autocast
+                .run(|| classification_loss(&model.forward(&imgs, true), batch, config.smoothing))
         };
         let stats = match train_epoch(config, opts, epoch, loader, &mut optim, sink, &mut forward)?
         {
             EpochEnd::Done(stats) => stats,
             EpochEnd::Stopped(reason) => return Ok(Outcome::Stopped(reason)),
         };
-        let eval = evaluate(&model, &test, eval_batch, device, kind);
+        let eval = autocast.run(|| evaluate(&model, &test, eval_batch, device, Kind::Float));
         tracing::info!(
             epoch,
             acc1 = eval.acc1,

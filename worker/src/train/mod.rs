@@ -7,12 +7,14 @@
 //! epoch reseeds torch and the masking generator from (seed, epoch), so a run
 //! resumed at an epoch boundary continues exactly as an uninterrupted one.
 
+pub mod autocast;
 pub mod checkpoint;
 pub mod device;
 pub mod epoch;
 pub mod evaluate;
 pub mod file_sink;
 mod finetune;
+pub mod matmul_limit;
 pub mod optim;
 mod pretrain;
 pub mod recon_image;
@@ -21,10 +23,10 @@ pub mod throughput;
 
 use std::path::{Path, PathBuf};
 
-use maelab_core::config::{ConfigErrors, Precision, RunConfig, RunKind};
+use maelab_core::config::{ConfigErrors, RunConfig, RunKind};
 use tch::Device;
 
-use crate::data::{DataError, Dataset, Split};
+use crate::data::{Batches, DataError, DataOnDevice, Dataset, Split, TrainSet};
 use crate::events::{Control, Sink, StopReason};
 use crate::model::ModelError;
 
@@ -39,8 +41,11 @@ pub struct TrainOptions {
     pub device: Device,
     /// CPU threads for torch (`None`: libtorch's default).
     pub threads: Option<usize>,
-    /// Threads building augmented batches.
+    /// Threads building augmented batches (when the data stays on the host).
     pub loader_threads: usize,
+    /// Whether the decoded training set goes to `device` and batches are
+    /// augmented there, or stay with the CPU loader's threads.
+    pub data_on_device: DataOnDevice,
     /// Continue from `out_dir/checkpoint-last.*` when it exists.
     pub resume: bool,
     /// Finetune: a pretrain checkpoint (safetensors) whose encoder is loaded.
@@ -66,8 +71,8 @@ pub enum TrainError {
     Model(#[from] ModelError),
     #[error("device `{name}`: {reason}")]
     Device { name: String, reason: String },
-    #[error("precision = \"bf16\" needs a CUDA device; use precision = \"fp32\" on the CPU")]
-    Bf16NeedsCuda,
+    #[error(transparent)]
+    Bf16Unsupported(#[from] autocast::Bf16Unsupported),
     #[error("dataset: {0}")]
     Data(#[from] DataError),
     #[error("checkpoint {}: {reason}", path.display())]
@@ -94,9 +99,8 @@ pub fn run(
     sink: &mut dyn Sink,
 ) -> Result<Outcome, TrainError> {
     config.validate()?;
-    if config.precision == Precision::Bf16 && !opts.device.is_cuda() {
-        return Err(TrainError::Bf16NeedsCuda);
-    }
+    // Refused before any data is read (pretrain::run and finetune::run make their own).
+    autocast::Autocast::new(config.precision, opts.device)?;
     if let Some(n) = opts.threads {
         tch::set_num_threads(n.max(1) as i32);
     }
@@ -155,25 +159,30 @@ fn seed_torch(seed: u64, epoch: u32) {
 /// The shuffled, augmented training batches of `epoch`, drawn the same way by
 /// both recipes (the augmentation follows the run's kind).
 fn epoch_loader(
-    train: &std::sync::Arc<crate::data::Dataset>,
+    train: &TrainSet,
     config: &RunConfig,
     opts: &TrainOptions,
     epoch: u32,
-) -> Result<crate::data::Loader, crate::data::DataError> {
-    crate::data::Loader::try_new(
-        train.clone(),
-        crate::data::LoaderConfig {
-            batch_size: config.batch_size as usize,
-            shuffle: true,
-            drop_last: true,
-            seed: config.seed,
-            epoch: u64::from(epoch),
-            augment: crate::data::Augment::for_run(config),
-            limit: config.epoch_images.map(|n| n as usize),
-            threads: opts.loader_threads,
-            prefetch: 2 * opts.loader_threads.max(1),
-        },
-    )
+) -> Result<Batches, DataError> {
+    train.batches(crate::data::LoaderConfig {
+        batch_size: config.batch_size as usize,
+        shuffle: true,
+        drop_last: true,
+        seed: config.seed,
+        epoch: u64::from(epoch),
+        augment: crate::data::Augment::for_run(config),
+        limit: config.epoch_images.map(|n| n as usize),
+        threads: opts.loader_threads,
+        prefetch: 2 * opts.loader_threads.max(1),
+    })
+}
+
+/// The training split where `opts` wants it: on the training device when it
+/// fits (batches augmented there), else with the CPU loader.
+fn place_train(train: Dataset, opts: &TrainOptions) -> Result<TrainSet, TrainError> {
+    let placed = TrainSet::place(train, opts.data_on_device, opts.device)?;
+    tracing::info!(on_device = placed.is_on_device(), "training data placed");
+    Ok(placed)
 }
 
 /// AdamW for `config` over `vs` with the recipe's betas for its kind.

@@ -1,23 +1,21 @@
 //! MAE pretraining (main_pretrain.py): masked reconstruction with AdamW
 //! (0.9, 0.95), a reconstruction picture of fixed test images every epoch.
 
-use std::sync::Arc;
-
-use maelab_core::config::{Precision, RunConfig};
+use maelab_core::config::RunConfig;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tch::{Tensor, nn};
 
+use super::autocast::Autocast;
 use super::epoch::{EpochEnd, train_epoch};
 use super::recon_image::{RECON_IMAGES, reconstruct, to_png};
 use super::{
     Outcome, TrainError, TrainOptions, build_optimizer, epoch_loader, epoch_seed, finish_epoch,
-    resume, seed_torch,
+    place_train, resume, seed_torch,
 };
 use crate::data::{Dataset, to_tensor};
 use crate::events::{EpochRow, Image, Sink};
 use crate::metrics::{MetricsError, Sharpness, sharpness};
-use crate::model::encoder::compute_kind;
 use crate::model::masking::masking_noise;
 use crate::model::wave::pretrain_attn;
 use crate::model::{Mae, MaeConfig, n_parameters};
@@ -41,7 +39,7 @@ pub fn run(
     sink: &mut dyn Sink,
 ) -> Result<Outcome, TrainError> {
     let device = opts.device;
-    let kind = compute_kind(config.precision == Precision::Bf16);
+    let autocast = Autocast::new(config.precision, device)?;
     tch::manual_seed(config.seed as i64);
     let vs = nn::VarStore::new(device);
     let (encoder_attn, decoder_attn) = pretrain_attn(config);
@@ -66,16 +64,17 @@ pub fn run(
     let (sharp_imgs, sharp_noise) =
         fixed_set(&test, SHARPNESS_IMAGES, SHARPNESS_SEED, num_patches, device);
 
-    let train = Arc::new(train);
+    let train = place_train(train, opts)?;
     for epoch in start..config.epochs {
         seed_torch(config.seed, epoch);
         let mut mask_rng = StdRng::seed_from_u64(epoch_seed(config.seed, epoch) ^ 0x6D61_736B); // "mask"
         let loader = epoch_loader(&train, config, opts, epoch)?;
         let start_time = std::time::Instant::now();
         let mut forward = |batch: &crate::data::Batch| {
-            let imgs = batch.images.to_device(device).to_kind(kind);
+            // fp32 images under bf16 autocast: the pixel targets stay exact.
+            let imgs = batch.images.to_device(device);
             let noise = masking_noise(&mut mask_rng, imgs.size()[0], num_patches, device);
-            mae.forward(&imgs, config.mask_ratio, &noise, true).loss
+            autocast.run(|| mae.forward(&imgs, config.mask_ratio, &noise, true).loss)
         };
         let stats = match train_epoch(config, opts, epoch, loader, &mut optim, sink, &mut forward)?
         {

@@ -10,7 +10,9 @@ use tch::{Device, Kind, Tensor, nn};
 
 use crate::model::masking::masking_noise;
 use crate::model::wave::{finetune_attn, pretrain_attn};
-use crate::model::{Classifier, Mae, MaeConfig, ModelError, n_parameters};
+use crate::model::{Classifier, Mae, MaeConfig, n_parameters};
+use crate::train::TrainError;
+use crate::train::autocast::Autocast;
 use crate::train::optim::{AdamW, AdamWConfig};
 
 /// One measurement.
@@ -27,13 +29,14 @@ pub struct Throughput {
 }
 
 /// Run `warmup` untimed and `steps` timed training steps of `config` (its
-/// kind, model, batch size and losses) on `device` and time them.
+/// kind, model, batch size, losses and precision) on `device` and time them.
 pub fn measure(
     config: &RunConfig,
     device: Device,
     warmup: u32,
     steps: u32,
-) -> Result<Throughput, ModelError> {
+) -> Result<Throughput, TrainError> {
+    let autocast = Autocast::new(config.precision, device)?;
     tch::manual_seed(0);
     let vs = nn::VarStore::new(device);
     let shape = &config.shape;
@@ -100,7 +103,7 @@ pub fn measure(
         for _ in 0..n {
             let t = Instant::now();
             optim.zero_grad();
-            let loss = step_fn();
+            let loss = autocast.run(&mut step_fn);
             loss.backward();
             optim.step(1e-4);
             last = loss.double_value(&[]); // syncs the device, like a real step's check

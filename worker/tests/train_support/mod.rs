@@ -86,6 +86,7 @@ pub fn options(out_dir: &Path, cache_dir: &Path) -> TrainOptions {
         device: tch::Device::Cpu,
         threads: Some(1),
         loader_threads: 1,
+        data_on_device: maelab_worker::data::DataOnDevice::Auto,
         resume: false,
         init_checkpoint: None,
         cache_dir: cache_dir.to_path_buf(),

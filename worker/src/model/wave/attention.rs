@@ -250,20 +250,14 @@ impl WaveAttention {
         let n_kv = kv.size()[1];
         // [2, B, heads, N', d]
         let kv = kv.view([b, n_kv, 2, heads, d]).permute([2, 0, 3, 1, 4]);
-        let (k, v) = (kv.get(0), kv.get(1));
+        // unbind: one stack in backward, not two zero-filled select copies.
+        let kv = kv.unbind(0);
+        let (k, v) = (&kv[0], &kv[1]);
         // [B, heads, M, d] -> [B, M, C]
-        let attn = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<Tensor>,
-            0.0,
-            false,
-            None,
-            false,
-        )
-        .transpose(1, 2)
-        .reshape([b, m, c]);
+        let attn =
+            Tensor::scaled_dot_product_attention(&q, k, v, None::<Tensor>, 0.0, false, None, false)
+                .transpose(1, 2)
+                .reshape([b, m, c]);
         // 7. [B, M, C + C/4] -> [B, M, C]
         self.proj.forward(&Tensor::cat(&[attn, x_idwt], 2))
     }

@@ -1,0 +1,64 @@
+//! The machine's fp32 matmul rate, which `maelab-worker bench` compares a
+//! training step's matmul FLOPs against (`crate::model::flops`): a
+//! 2048 x 2048 x 2048 matmul through libtorch's `matmul` (MKL's sgemm on x86
+//! CPUs) and, on the CPU, through oneDNN's matmul (what the model's Linear
+//! layers use there, `crate::torch_ext`).
+
+use std::time::Instant;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::torch_ext;
+
+/// Matrix side of the measurement.
+pub const SIDE: i64 = 2048;
+/// Timed repetitions; the fastest counts (the least disturbed).
+const REPEATS: usize = 5;
+
+/// GFLOP/s of the 2048^3 matmul.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MatmulRates {
+    /// libtorch's `matmul`.
+    pub libtorch: f64,
+    /// oneDNN's matmul; `None` off the CPU or where oneDNN's fp32 matmul
+    /// is unavailable.
+    pub onednn: Option<f64>,
+}
+
+impl MatmulRates {
+    /// The faster of the two: the limit a step's matmuls can reach here.
+    pub fn best(&self) -> f64 {
+        self.onednn.map_or(self.libtorch, |o| o.max(self.libtorch))
+    }
+}
+
+/// GFLOP/s of the fastest of [`REPEATS`] runs of `mm` after one warm-up.
+fn rate(device: Device, mut mm: impl FnMut() -> Option<Tensor>) -> Option<f64> {
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    let _warm = mm()?;
+    sync();
+    let mut best = f64::INFINITY;
+    for _ in 0..REPEATS {
+        let t = Instant::now();
+        let _out = mm()?;
+        sync();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let flops = 2.0 * (SIDE as f64).powi(3);
+    Some(flops / best.max(1e-12) / 1e9)
+}
+
+/// Time both matmuls on `device` (fp32, random operands).
+pub fn measure(device: Device) -> MatmulRates {
+    let a = Tensor::randn([SIDE, SIDE], (Kind::Float, device));
+    let b = Tensor::randn([SIDE, SIDE], (Kind::Float, device));
+    let libtorch = rate(device, || Some(a.matmul(&b))).unwrap_or(0.0);
+    let onednn = (device == Device::Cpu && torch_ext::onednn_linear_works())
+        .then(|| rate(device, || torch_ext::onednn_matmul(&a, &b).ok()))
+        .flatten();
+    MatmulRates { libtorch, onednn }
+}

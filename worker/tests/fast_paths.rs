@@ -1,0 +1,223 @@
+//! The trainer's fast paths give the numbers of the plain ones (CPU, fp32):
+//! fused attention (SDPA) against softmax(QK^T / sqrt(d)) V written out, the
+//! oneDNN Linear against libtorch's `linear`, outputs and gradients to 1e-5;
+//! and the bench's FLOPs count against one derived from the built model.
+
+use maelab_core::config::{RunConfig, RunConfigInput, RunKind};
+use maelab_worker::model::attention::Attention;
+use maelab_worker::model::flops::train_flops_per_image;
+use maelab_worker::model::masking::len_keep;
+use maelab_worker::model::{Classifier, Mae, MaeConfig};
+use maelab_worker::torch_ext;
+use tch::{Device, Kind, Tensor, nn};
+
+const TOL: f64 = 1e-5;
+
+fn randn(shape: &[i64]) -> Tensor {
+    Tensor::randn(shape, (Kind::Float, Device::Cpu))
+}
+
+/// Largest absolute difference relative to the larger magnitude (at least 1).
+fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let diff = f64::try_from((a - b).abs().max()).unwrap();
+    let scale = f64::try_from(a.abs().max()).unwrap().max(1.0);
+    diff / scale
+}
+
+fn leaf(t: Tensor) -> Tensor {
+    t.detach().set_requires_grad(true)
+}
+
+/// softmax(q k^T / sqrt(d)) v, [B, H, Nq, d] x [B, H, Nk, d] -> [B, H, Nq, d].
+fn unfused_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+    let d = *q.size().last().unwrap() as f64;
+    (q.matmul(&k.transpose(-2, -1)) / d.sqrt())
+        .softmax(-1, Kind::Float)
+        .matmul(v)
+}
+
+fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+    Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, false, None, false)
+}
+
+/// The encoder's and decoder's attention layer against the same computation
+/// unfused with libtorch's linear, by its own weights: outputs, and gradients
+/// of the input and of every weight.
+#[test]
+fn attention_layer_matches_the_unfused_computation() {
+    tch::manual_seed(3);
+    for (b, n, dim, heads) in [(4, 17, 192, 3), (3, 65, 128, 4)] {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let attn = Attention::new(vs.root() / "attn", dim, heads);
+        let vars = vs.variables();
+        let w = |name: &str| vars[&format!("attn.{name}")].shallow_clone();
+        let x = leaf(randn(&[b, n, dim]));
+        let x_ref = leaf(x.detach().copy());
+
+        let out = attn.forward(&x);
+        let d = dim / heads;
+        let qkv = x_ref
+            .linear(&w("qkv.weight"), Some(&w("qkv.bias")))
+            .reshape([b, n, 3, heads, d])
+            .permute([2, 0, 3, 1, 4]);
+        let o = unfused_attention(&qkv.get(0), &qkv.get(1), &qkv.get(2))
+            .transpose(1, 2)
+            .reshape([b, n, dim]);
+        let expected = o.linear(&w("proj.weight"), Some(&w("proj.bias")));
+        assert!(rel_diff(&out, &expected) < TOL, "output, dim {dim}");
+
+        let g = randn(&[b, n, dim]);
+        let weights: Vec<Tensor> = ["qkv.weight", "qkv.bias", "proj.weight", "proj.bias"]
+            .iter()
+            .map(|n| w(n))
+            .collect();
+        let mut inputs: Vec<&Tensor> = vec![&x];
+        inputs.extend(weights.iter());
+        let fused = Tensor::run_backward(&[&out * &g], &inputs, false, false);
+        inputs[0] = &x_ref;
+        let plain = Tensor::run_backward(&[&expected * &g], &inputs, false, false);
+        for (i, (a, e)) in fused.iter().zip(&plain).enumerate() {
+            assert!(
+                rel_diff(a, e) < TOL,
+                "gradient {i}, dim {dim}: {}",
+                rel_diff(a, e)
+            );
+        }
+    }
+}
+
+/// SDPA on the layouts the models feed it (q, k, v as strided views of one
+/// projection; wave attention's N/4 keys for N queries) against the unfused
+/// formula: outputs and the gradients of q, k and v.
+#[test]
+fn sdpa_matches_softmax_attention_on_strided_views() {
+    tch::manual_seed(4);
+    // (batch, heads, queries, keys, head dim)
+    for (b, h, nq, nk, d) in [(4, 3, 17, 17, 64), (2, 4, 65, 16, 32), (2, 2, 5, 5, 8)] {
+        // q, k, v read from one [B, N, 3, H, d] buffer, as attention.rs does.
+        let base_q = leaf(randn(&[b, nq, h, d]));
+        let base_kv = leaf(randn(&[b, nk, 2, h, d]));
+        let q = base_q.transpose(1, 2);
+        let kv = base_kv.permute([2, 0, 3, 1, 4]).unbind(0);
+        let out = sdpa(&q, &kv[0], &kv[1]);
+        let expected = unfused_attention(&q, &kv[0], &kv[1]);
+        assert!(rel_diff(&out, &expected) < TOL, "output nq {nq} nk {nk}");
+        let g = randn(&[b, h, nq, d]);
+        let fused = Tensor::run_backward(&[&out * &g], &[&base_q, &base_kv], false, false);
+        let plain = Tensor::run_backward(&[&expected * &g], &[&base_q, &base_kv], false, false);
+        for (a, e) in fused.iter().zip(&plain) {
+            assert!(
+                rel_diff(a, e) < TOL,
+                "gradient nq {nq} nk {nk}: {}",
+                rel_diff(a, e)
+            );
+        }
+    }
+}
+
+/// The oneDNN Linear gives libtorch's linear, for 2-D and 3-D inputs, with
+/// gradients of input, weight and bias.
+#[test]
+fn onednn_linear_matches_libtorch_linear() {
+    if !torch_ext::onednn_linear_works() {
+        eprintln!("oneDNN's fp32 matmul is unavailable on this CPU; the layers use libtorch's");
+        return;
+    }
+    tch::manual_seed(5);
+    for shape in [vec![64, 48], vec![8, 17, 192], vec![3, 65, 512]] {
+        let k = *shape.last().unwrap();
+        let n = 96;
+        let x = leaf(randn(&shape));
+        let w = leaf(randn(&[n, k]) / (k as f64).sqrt());
+        let b = leaf(randn(&[n]));
+        let y = torch_ext::linear(&x, &w, &b).expect("oneDNN linear");
+        let y_ref = x.linear(&w, Some(&b));
+        assert_eq!(y.size(), y_ref.size());
+        assert!(rel_diff(&y, &y_ref) < TOL, "output {shape:?}");
+        let g = randn(&y.size());
+        let ours = Tensor::run_backward(&[&y * &g], &[&x, &w, &b], false, false);
+        let theirs = Tensor::run_backward(&[&y_ref * &g], &[&x, &w, &b], false, false);
+        for (name, (a, e)) in ["x", "w", "b"].iter().zip(ours.iter().zip(&theirs)) {
+            assert!(
+                rel_diff(a, e) < TOL,
+                "gradient of {name}, {shape:?}: {}",
+                rel_diff(a, e)
+            );
+        }
+    }
+    // Only fp32 CPU tensors take the oneDNN path.
+    let bf16 = randn(&[2, 8]).to_kind(Kind::BFloat16);
+    assert!(!torch_ext::use_onednn_linear(&bf16, Kind::Float));
+    assert!(torch_ext::use_onednn_linear(&randn(&[2, 8]), Kind::Float));
+}
+
+fn config(kind: RunKind, preset: &str) -> RunConfig {
+    RunConfig::resolve(RunConfigInput {
+        kind: Some(kind),
+        preset: Some(preset.into()),
+        ..Default::default()
+    })
+    .expect("config")
+}
+
+/// Multiply-adds of one image from the weights a built model holds: each
+/// matrix weight times the tokens its layer sees (the patch embedding sees all
+/// patches, the classifier head the pooled token).
+fn macs_from_weights(vs: &nn::VarStore, tokens_of: impl Fn(&str) -> f64) -> f64 {
+    vs.variables()
+        .iter()
+        .filter(|(name, t)| name.ends_with(".weight") && t.dim() >= 2)
+        .map(|(name, t)| t.numel() as f64 * tokens_of(name))
+        .sum()
+}
+
+#[test]
+fn flops_count_follows_the_built_model() {
+    for preset in ["vit-micro/4", "vit-tiny/4", "vit-tiny/2"] {
+        let c = config(RunKind::Pretrain, preset);
+        let l = f64::from(c.shape.num_patches());
+        let keep = 1.0 + len_keep(i64::from(c.shape.num_patches()), c.mask_ratio) as f64;
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = MaeConfig {
+            shape: c.shape.clone(),
+            norm_pix_loss: true,
+            encoder_attn: maelab_worker::model::AttnKind::Plain,
+            decoder_attn: maelab_worker::model::AttnKind::Plain,
+        };
+        let _mae = Mae::new(&vs.root(), &cfg).expect("mae");
+        let macs = macs_from_weights(&vs, |name| {
+            if name.starts_with("patch_embed") {
+                l
+            } else if name.starts_with("blocks.") || name == "decoder_embed.weight" {
+                keep
+            } else {
+                1.0 + l // decoder blocks and decoder_pred, cls included
+            }
+        });
+        let counted = train_flops_per_image(&c).expect("plain MAE is counted");
+        assert!(
+            (counted - 6.0 * macs).abs() / counted < 1e-12,
+            "pretrain {preset}"
+        );
+
+        let c = config(RunKind::Finetune, preset);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _clf = Classifier::new(
+            &vs.root(),
+            &c.shape,
+            0.1,
+            maelab_worker::model::AttnKind::Plain,
+        )
+        .expect("classifier");
+        let macs = macs_from_weights(&vs, |name| match name {
+            n if n.starts_with("patch_embed") => l,
+            "head.weight" => 1.0,
+            _ => 1.0 + l,
+        });
+        let counted = train_flops_per_image(&c).expect("classifier is counted");
+        assert!(
+            (counted - 6.0 * macs).abs() / counted < 1e-12,
+            "finetune {preset}"
+        );
+    }
+}
