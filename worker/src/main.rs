@@ -24,6 +24,8 @@ enum Command {
     Bench(cli::bench::Args),
     /// Measure augmented images/second of the CPU loader and of the device path.
     BenchAugment(cli::bench_augment::Args),
+    /// Upload and download a checkpoint-sized file through the artifact store, measuring peak RSS growth.
+    BenchStore(cli::bench_store::Args),
     /// Fetch or prepare datasets.
     #[command(subcommand)]
     Data(cli::data::Command),
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
         Command::Train(args) => cli::train::main(args),
         Command::Bench(args) => cli::bench::main(args),
         Command::BenchAugment(args) => cli::bench_augment::main(args),
+        Command::BenchStore(args) => cli::bench_store::main(args),
         Command::Data(cmd) => cli::data::main(cmd),
         Command::Run(args) => cli::run::main(args),
         Command::QueueBench(args) => cli::queue_bench::main(args),

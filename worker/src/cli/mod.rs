@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_augment;
+pub mod bench_store;
 pub mod data;
 pub mod doctor;
 pub mod queue_bench;
