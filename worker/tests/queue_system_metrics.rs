@@ -53,6 +53,9 @@ async fn a_default_worker_trains_on_the_cpu_and_reports_system_samples() {
         .args(["run", "--database-url", &db.url, "--lease-seconds", "3"])
         .args(["--poll-interval", "0.5"])
         .env_remove("MAELAB_DEVICE")
+        // Its own store: without one (and with no server publishing one) a
+        // worker falls back to .maelab/artifacts under the test's folder.
+        .env("MAELAB_ARTIFACT_STORE", queue_support::store_dir(&db.url))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
