@@ -12,10 +12,7 @@ use maelab_core::artifact_store::{ArtifactStore, StoreError, gc, key, migrate};
 use maelab_core::db::artifacts::{self, ArtifactBody, NewArtifact, NewStoredArtifact};
 use maelab_core::db::metrics::{self, EpochRecord};
 use maelab_core::db::queue;
-use maelab_core::db::runs;
 use maelab_core::db::testing::TestDb;
-use maelab_core::db::workers::{self, WorkerInfo};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 /// `len` bytes that differ from chunk to chunk (a flipped byte shows).
@@ -285,27 +282,11 @@ async fn the_probe_fails_naming_the_url_when_the_folder_is_not_writable() {
 
 // ---- with the database ----
 
-async fn claimed(pool: &PgPool, config: &str) -> (Uuid, queue::ClaimedJob) {
+async fn claimed(db: &TestDb, config: &str) -> (Uuid, queue::ClaimedJob) {
     let config = RunConfig::from_toml_str(config).expect("config");
-    let run = runs::create_run(pool, &config, None).await.expect("run");
-    let worker = workers::register(
-        pool,
-        &WorkerInfo {
-            name: "t".into(),
-            host: "t".into(),
-            device: "cpu".into(),
-            gpu_name: None,
-            torch_version: "none".into(),
-            pid: None,
-        },
-    )
-    .await
-    .expect("worker");
-    let job = queue::claim_next(pool, worker, Duration::from_secs(30))
+    db.claimed_run(&config, Duration::from_secs(30))
         .await
-        .expect("claim")
-        .expect("job");
-    (run.run_id, job)
+        .expect("claimed run")
 }
 
 fn row(epoch: i32) -> EpochRecord {
@@ -330,7 +311,7 @@ async fn retention_of_the_runs_config_deletes_objects_too() {
     let db = TestDb::new().await.expect("db");
     let store = TempStore::new().expect("store");
     let (run_id, job) = claimed(
-        &db.pool,
+        &db,
         "kind = 'pretrain'\nepochs = 10\nwarmup_epochs = 0\ncheckpoint_keep_every = 3",
     )
     .await;
@@ -389,7 +370,7 @@ async fn retention_of_the_runs_config_deletes_objects_too() {
 async fn a_replaced_artifacts_object_is_deleted_after_the_commit() {
     let db = TestDb::new().await.expect("db");
     let store = TempStore::new().expect("store");
-    let (run_id, job) = claimed(&db.pool, "kind = 'pretrain'\nepochs = 2\nwarmup_epochs = 0").await;
+    let (run_id, job) = claimed(&db, "kind = 'pretrain'\nepochs = 2\nwarmup_epochs = 0").await;
     let mut keys = Vec::new();
     for round in 0..2 {
         let k = key::new_key(run_id, "recon-0000.png").expect("key");
@@ -427,7 +408,7 @@ async fn a_replaced_artifacts_object_is_deleted_after_the_commit() {
 async fn legacy_rows_are_read_in_place_then_moved_resumably_and_idempotently() {
     let db = TestDb::new().await.expect("db");
     let store = TempStore::new().expect("store");
-    let (run_id, job) = claimed(&db.pool, "kind = 'pretrain'\nepochs = 5\nwarmup_epochs = 0").await;
+    let (run_id, job) = claimed(&db, "kind = 'pretrain'\nepochs = 5\nwarmup_epochs = 0").await;
     let contents: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1000 + usize::from(i)]).collect();
     for (i, bytes) in contents.iter().enumerate() {
         artifacts::put_artifact(

@@ -12,8 +12,6 @@ use maelab_core::RunConfig;
 use maelab_core::artifact_store::testing::TempStore;
 use maelab_core::db::artifacts::{self, NewArtifact};
 use maelab_core::db::testing::TestDb;
-use maelab_core::db::workers::{self, WorkerInfo};
-use maelab_core::db::{queue, runs};
 
 const BIN: &str = env!("CARGO_BIN_EXE_maelab");
 
@@ -42,26 +40,10 @@ fn stdout(out: &Output) -> String {
 async fn legacy_rows(db: &TestDb) -> Vec<Vec<u8>> {
     let config = RunConfig::from_toml_str("kind = 'pretrain'\nepochs = 3\nwarmup_epochs = 0")
         .expect("config");
-    runs::create_run(&db.pool, &config, None)
+    let (_, job) = db
+        .claimed_run(&config, Duration::from_secs(30))
         .await
-        .expect("run");
-    let worker = workers::register(
-        &db.pool,
-        &WorkerInfo {
-            name: "old".into(),
-            host: "old".into(),
-            device: "cpu".into(),
-            gpu_name: None,
-            torch_version: "none".into(),
-            pid: None,
-        },
-    )
-    .await
-    .expect("worker");
-    let job = queue::claim_next(&db.pool, worker, Duration::from_secs(30))
-        .await
-        .expect("claim")
-        .expect("job");
+        .expect("claimed run");
     let contents: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 2000 + usize::from(i)]).collect();
     for (i, bytes) in contents.iter().enumerate() {
         artifacts::put_artifact(

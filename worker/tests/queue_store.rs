@@ -11,8 +11,6 @@ use std::time::Duration;
 use maelab_core::RunConfig;
 use maelab_core::artifact_store::testing::TempStore;
 use maelab_core::db::testing::TestDb;
-use maelab_core::db::workers::{self, WorkerInfo};
-use maelab_core::db::{queue, runs};
 use maelab_worker::events::{Checkpoint, Control, EpochRow, Sink};
 use maelab_worker::queue::signals::JobSignals;
 use maelab_worker::queue::sink::DbSink;
@@ -47,26 +45,10 @@ async fn a_checkpoint_the_store_never_took_does_not_move_the_pointer_and_the_run
     let store = TempStore::new().expect("store");
     let config = RunConfig::from_toml_str("kind = 'pretrain'\nepochs = 3\nwarmup_epochs = 0")
         .expect("config");
-    runs::create_run(&db.pool, &config, None)
+    let (_, job) = db
+        .claimed_run(&config, Duration::from_secs(60))
         .await
-        .expect("run");
-    let worker = workers::register(
-        &db.pool,
-        &WorkerInfo {
-            name: "w".into(),
-            host: "h".into(),
-            device: "cpu".into(),
-            gpu_name: None,
-            torch_version: "none".into(),
-            pid: None,
-        },
-    )
-    .await
-    .expect("worker");
-    let job = queue::claim_next(&db.pool, worker, Duration::from_secs(60))
-        .await
-        .expect("claim")
-        .expect("job");
+        .expect("claimed run");
     let job_id = job.lease.job_id;
     let files = tempfile::tempdir().expect("dir");
     let (weights, state) = (

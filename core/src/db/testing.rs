@@ -78,6 +78,36 @@ impl Drop for TestDb {
     }
 }
 
+impl TestDb {
+    /// A new run of `config` whose job a fresh worker row (`test`) has
+    /// claimed for `lease`: where tests of what a worker writes (epochs,
+    /// artifacts, checkpoints under its lease) start.
+    pub async fn claimed_run(
+        &self,
+        config: &crate::RunConfig,
+        lease: std::time::Duration,
+    ) -> Result<(uuid::Uuid, super::queue::ClaimedJob), Box<dyn std::error::Error + Send + Sync>>
+    {
+        let run = super::runs::create_run(&self.pool, config, None).await?;
+        let worker = super::workers::register(
+            &self.pool,
+            &super::workers::WorkerInfo {
+                name: "test".into(),
+                host: "test".into(),
+                device: "cpu".into(),
+                gpu_name: None,
+                torch_version: "none".into(),
+                pid: None,
+            },
+        )
+        .await?;
+        let job = super::queue::claim_next(&self.pool, worker, lease)
+            .await?
+            .ok_or("no job to claim: another run is queued ahead")?;
+        Ok((run.run_id, job))
+    }
+}
+
 /// `url` with its database replaced by `name`.
 pub fn with_database(url: &str, name: &str) -> String {
     let (base, query) = match url.split_once('?') {
