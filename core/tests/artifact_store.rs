@@ -9,7 +9,7 @@ use futures::StreamExt;
 use maelab_core::RunConfig;
 use maelab_core::artifact_store::testing::TempStore;
 use maelab_core::artifact_store::{ArtifactStore, StoreError, gc, key, migrate};
-use maelab_core::db::artifacts::{self, ArtifactBody, NewArtifact, NewStoredArtifact};
+use maelab_core::db::artifacts::{self, ArtifactBody, NewStoredArtifact};
 use maelab_core::db::metrics::{self, EpochRecord};
 use maelab_core::db::queue;
 use maelab_core::db::testing::TestDb;
@@ -409,22 +409,10 @@ async fn legacy_rows_are_read_in_place_then_moved_resumably_and_idempotently() {
     let db = TestDb::new().await.expect("db");
     let store = TempStore::new().expect("store");
     let (run_id, job) = claimed(&db, "kind = 'pretrain'\nepochs = 5\nwarmup_epochs = 0").await;
-    let contents: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1000 + usize::from(i)]).collect();
-    for (i, bytes) in contents.iter().enumerate() {
-        artifacts::put_artifact(
-            &db.pool,
-            &job.lease,
-            &NewArtifact {
-                kind: "reconstruction",
-                epoch: Some(i as i32),
-                name: &format!("recon-{i:04}.png"),
-                media_type: "image/png",
-                bytes,
-            },
-        )
+    let contents = db
+        .inline_reconstructions(&job.lease, 5, 1000)
         .await
-        .expect("legacy row");
-    }
+        .expect("legacy rows");
     // One row's bytes rotted in the database: it is reported, left in place.
     sqlx::query("update artifact set bytes = 'rot' where name = 'recon-0004.png'")
         .execute(&db.pool)

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use maelab_core::RunConfig;
 use maelab_core::artifact_store::testing::TempStore;
-use maelab_core::db::artifacts::{self, NewArtifact};
 use maelab_core::db::testing::TestDb;
 
 const BIN: &str = env!("CARGO_BIN_EXE_maelab");
@@ -44,23 +43,9 @@ async fn legacy_rows(db: &TestDb) -> Vec<Vec<u8>> {
         .claimed_run(&config, Duration::from_secs(30))
         .await
         .expect("claimed run");
-    let contents: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 2000 + usize::from(i)]).collect();
-    for (i, bytes) in contents.iter().enumerate() {
-        artifacts::put_artifact(
-            &db.pool,
-            &job.lease,
-            &NewArtifact {
-                kind: "reconstruction",
-                epoch: Some(i as i32),
-                name: &format!("recon-{i:04}.png"),
-                media_type: "image/png",
-                bytes,
-            },
-        )
+    db.inline_reconstructions(&job.lease, 3, 2000)
         .await
-        .expect("inline row");
-    }
-    contents
+        .expect("inline rows")
 }
 
 async fn inline_rows(db: &TestDb) -> i64 {

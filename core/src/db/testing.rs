@@ -106,6 +106,35 @@ impl TestDb {
             .ok_or("no job to claim: another run is queued ahead")?;
         Ok((run.run_id, job))
     }
+
+    /// `count` reconstruction images of the leased job's run stored inline
+    /// (bytea), as an older maelab left them (`recon-0000.png`, ...; image
+    /// `i` is `base_len + i` bytes of value `i`). Returns their bytes.
+    pub async fn inline_reconstructions(
+        &self,
+        lease: &super::queue::Lease,
+        count: u8,
+        base_len: usize,
+    ) -> Result<Vec<Vec<u8>>, super::queue::QueueError> {
+        let contents: Vec<Vec<u8>> = (0..count)
+            .map(|i| vec![i; base_len + usize::from(i)])
+            .collect();
+        for (i, bytes) in (0..count).zip(&contents) {
+            super::artifacts::put_artifact(
+                &self.pool,
+                lease,
+                &super::artifacts::NewArtifact {
+                    kind: "reconstruction",
+                    epoch: Some(i32::from(i)),
+                    name: &format!("recon-{i:04}.png"),
+                    media_type: "image/png",
+                    bytes,
+                },
+            )
+            .await?;
+        }
+        Ok(contents)
+    }
 }
 
 /// `url` with its database replaced by `name`.

@@ -10,7 +10,7 @@ use maelab_core::artifact_store::{ArtifactStore, gc, migrate};
 use maelab_core::db;
 
 use super::EXIT_OK;
-use super::tokens::{DbArgs, connect};
+use super::tokens::{DbArgs, with_database};
 
 #[derive(Debug, Args)]
 pub struct StoreArgs {
@@ -48,13 +48,7 @@ pub async fn run(command: ArtifactsCommand) -> anyhow::Result<u8> {
     let args = match &command {
         ArtifactsCommand::Migrate { store, .. } | ArtifactsCommand::Gc { store } => store,
     };
-    let (pool, embedded) = connect(&args.db).await?;
-    let result = execute(&pool, args, &command).await;
-    pool.close().await;
-    if let Some(pg) = embedded {
-        pg.stop()?;
-    }
-    result
+    with_database(&args.db, async |pool| execute(pool, args, &command).await).await
 }
 
 async fn execute(

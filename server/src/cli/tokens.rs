@@ -57,9 +57,23 @@ pub enum TokenCommand {
     },
 }
 
-pub(crate) async fn connect(
+/// Run `f` on the database `args` names (the embedded cluster when no URL is
+/// given), then close the pool and stop the embedded cluster whatever `f`
+/// returned: what every operator command on the database does.
+pub(crate) async fn with_database(
     args: &DbArgs,
-) -> anyhow::Result<(sqlx::PgPool, Option<EmbeddedPostgres>)> {
+    f: impl AsyncFnOnce(&sqlx::PgPool) -> anyhow::Result<u8>,
+) -> anyhow::Result<u8> {
+    let (pool, embedded) = connect(args).await?;
+    let result = f(&pool).await;
+    pool.close().await;
+    if let Some(pg) = embedded {
+        pg.stop()?;
+    }
+    result
+}
+
+async fn connect(args: &DbArgs) -> anyhow::Result<(sqlx::PgPool, Option<EmbeddedPostgres>)> {
     let (url, embedded) = match &args.database_url {
         Some(u) => (u.clone(), None),
         None => {
@@ -113,14 +127,10 @@ pub async fn run(command: TokenCommand) -> anyhow::Result<u8> {
         ),
         _ => None,
     };
-    let (pool, embedded) = connect(db_args).await?;
-    // Close the pool and stop the embedded cluster whatever the outcome.
-    let result = execute(&pool, &command, expires_at).await;
-    pool.close().await;
-    if let Some(pg) = embedded {
-        pg.stop()?;
-    }
-    result
+    with_database(db_args, async |pool| {
+        execute(pool, &command, expires_at).await
+    })
+    .await
 }
 
 async fn execute(
