@@ -1,14 +1,15 @@
 //! The trainer's fast paths give the numbers of the plain ones (CPU, fp32):
 //! fused attention (SDPA) against softmax(QK^T / sqrt(d)) V written out, the
 //! oneDNN Linear against libtorch's `linear`, outputs and gradients to 1e-5;
-//! and the bench's FLOPs count against one derived from the built model.
+//! and the bench's FLOPs count and matmul list against the built model.
 
 use maelab_core::config::{RunConfig, RunConfigInput, RunKind};
 use maelab_worker::model::attention::Attention;
-use maelab_worker::model::flops::train_flops_per_image;
+use maelab_worker::model::flops::{train_flops_per_image, weight_matmuls};
 use maelab_worker::model::masking::len_keep;
 use maelab_worker::model::{Classifier, Mae, MaeConfig};
 use maelab_worker::torch_ext;
+use maelab_worker::train::matmul_limit::shape_rate;
 use tch::{Device, Kind, Tensor, nn};
 
 const TOL: f64 = 1e-5;
@@ -160,6 +161,32 @@ fn config(kind: RunKind, preset: &str) -> RunConfig {
     .expect("config")
 }
 
+/// The variables of a plain MAE (pretraining) built for `c`.
+fn built_mae(c: &RunConfig) -> nn::VarStore {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = MaeConfig {
+        shape: c.shape.clone(),
+        norm_pix_loss: true,
+        encoder_attn: maelab_worker::model::AttnKind::Plain,
+        decoder_attn: maelab_worker::model::AttnKind::Plain,
+    };
+    Mae::new(&vs.root(), &cfg).expect("mae");
+    vs
+}
+
+/// The variables of a plain classifier (finetuning) built for `c`.
+fn built_classifier(c: &RunConfig) -> nn::VarStore {
+    let vs = nn::VarStore::new(Device::Cpu);
+    Classifier::new(
+        &vs.root(),
+        &c.shape,
+        0.1,
+        maelab_worker::model::AttnKind::Plain,
+    )
+    .expect("classifier");
+    vs
+}
+
 /// Multiply-adds of one image from the weights a built model holds: each
 /// matrix weight times the tokens its layer sees (the patch embedding sees all
 /// patches, the classifier head the pooled token).
@@ -177,14 +204,7 @@ fn flops_count_follows_the_built_model() {
         let c = config(RunKind::Pretrain, preset);
         let l = f64::from(c.shape.num_patches());
         let keep = 1.0 + len_keep(i64::from(c.shape.num_patches()), c.mask_ratio) as f64;
-        let vs = nn::VarStore::new(Device::Cpu);
-        let cfg = MaeConfig {
-            shape: c.shape.clone(),
-            norm_pix_loss: true,
-            encoder_attn: maelab_worker::model::AttnKind::Plain,
-            decoder_attn: maelab_worker::model::AttnKind::Plain,
-        };
-        let _mae = Mae::new(&vs.root(), &cfg).expect("mae");
+        let vs = built_mae(&c);
         let macs = macs_from_weights(&vs, |name| {
             if name.starts_with("patch_embed") {
                 l
@@ -201,14 +221,7 @@ fn flops_count_follows_the_built_model() {
         );
 
         let c = config(RunKind::Finetune, preset);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let _clf = Classifier::new(
-            &vs.root(),
-            &c.shape,
-            0.1,
-            maelab_worker::model::AttnKind::Plain,
-        )
-        .expect("classifier");
+        let vs = built_classifier(&c);
         let macs = macs_from_weights(&vs, |name| match name {
             n if n.starts_with("patch_embed") => l,
             "head.weight" => 1.0,
@@ -220,4 +233,58 @@ fn flops_count_follows_the_built_model() {
             "finetune {preset}"
         );
     }
+}
+
+/// `(group, out, in)` of every matrix weight a built model holds, sorted:
+/// "blocks.3.attn.qkv.weight" is group "blocks.qkv", the patch embedding's
+/// [D, C, p, p] conv is the [C*p*p] -> [D] matmul it is.
+fn weight_shapes(vs: &nn::VarStore) -> Vec<(String, i64, i64)> {
+    let mut shapes: Vec<_> = vs
+        .variables()
+        .iter()
+        .filter(|(name, t)| name.ends_with(".weight") && t.dim() >= 2)
+        .map(|(name, t)| {
+            let parts: Vec<&str> = name.split('.').collect();
+            let group = match parts[0] {
+                "blocks" | "decoder_blocks" => format!("{}.{}", parts[0], parts[3]),
+                other => other.to_string(),
+            };
+            let size = t.size();
+            (group, size[0], size[1..].iter().product())
+        })
+        .collect();
+    shapes.sort();
+    shapes
+}
+
+/// The same from the bench's list, each layer `count` times.
+fn listed_shapes(c: &RunConfig) -> Vec<(String, i64, i64)> {
+    let mut shapes: Vec<_> = weight_matmuls(c)
+        .expect("plain MAE is listed")
+        .iter()
+        .flat_map(|m| (0..m.count).map(|_| (m.name.to_string(), m.out_dim, m.in_dim)))
+        .collect();
+    shapes.sort();
+    shapes
+}
+
+#[test]
+fn listed_matmuls_are_the_built_models_layers() {
+    for preset in ["vit-micro/4", "vit-tiny/4"] {
+        let c = config(RunKind::Pretrain, preset);
+        let vs = built_mae(&c);
+        assert_eq!(weight_shapes(&vs), listed_shapes(&c), "pretrain {preset}");
+
+        let c = config(RunKind::Finetune, preset);
+        let vs = built_classifier(&c);
+        assert_eq!(weight_shapes(&vs), listed_shapes(&c), "finetune {preset}");
+    }
+}
+
+#[test]
+fn the_step_matmuls_replay_at_a_finite_rate() {
+    let c = config(RunKind::Pretrain, "vit-micro/4");
+    let matmuls = weight_matmuls(&c).expect("listed");
+    let rate = shape_rate(Device::Cpu, &matmuls, 4).expect("every matmul runs");
+    assert!(rate.is_finite() && rate > 0.0, "rate {rate}");
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use maelab_core::config::{ModelKind, Precision, RunConfig, RunConfigInput, RunKind, WaveIn};
 
-use crate::model::flops::train_flops_per_image;
+use crate::model::flops::{train_flops_per_image, weight_matmuls};
 use crate::train::matmul_limit::{self, MatmulRates};
 use crate::train::throughput;
 
@@ -82,8 +82,15 @@ enum LinearArg {
 }
 
 /// The 2048^3 fp32 matmul's rate and what fraction of the faster one the
-/// steps' matmul FLOPs reach (`crate::model::flops` says what is counted).
-fn print_matmul_limit(config: &RunConfig, images_per_second: f64, rates: &MatmulRates) {
+/// steps' matmul FLOPs reach (`crate::model::flops` says what is counted);
+/// then the rate of the step's own matmuls alone and the fraction of it the
+/// step reaches, which says how much of the gap is the work between them.
+fn print_matmul_limit(
+    config: &RunConfig,
+    images_per_second: f64,
+    rates: &MatmulRates,
+    shape_gflops: Option<f64>,
+) {
     let side = matmul_limit::SIDE;
     println!(
         "matmul_{side}_gflops libtorch {:.1} onednn {}",
@@ -104,6 +111,13 @@ fn print_matmul_limit(config: &RunConfig, images_per_second: f64, rates: &Matmul
         achieved / rates.best().max(1e-9),
         achieved / rates.libtorch.max(1e-9)
     );
+    match shape_gflops {
+        Some(g) => {
+            println!("shape_matmul_gflops {g:.1} (the step's own matmuls alone, at their shapes)");
+            println!("shape_limit_fraction {:.3}", achieved / g.max(1e-9));
+        }
+        None => println!("shape_matmul_gflops unavailable"),
+    }
 }
 
 /// Peak resident memory of this process in MiB (VmHWM), Linux only.
@@ -152,6 +166,8 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     let measured = throughput::measure(&config, device, args.warmup, args.steps)?;
     // After the steps, so it shares their conditions without disturbing them.
     let matmul = matmul_limit::measure(device);
+    let shape_gflops = weight_matmuls(&config)
+        .and_then(|m| matmul_limit::shape_rate(device, &m, i64::from(args.batch)));
     let (ips, seconds, loss) = (
         measured.images_per_second,
         measured.seconds,
@@ -185,7 +201,7 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         seconds / f64::from(args.steps.max(1))
     );
     println!("last_loss {loss:.4}");
-    print_matmul_limit(&config, ips, &matmul);
+    print_matmul_limit(&config, ips, &matmul, shape_gflops);
     match peak_rss_mib() {
         Some(mib) => println!("peak_rss_mib {mib:.0}"),
         None => println!("peak_rss_mib unavailable"),

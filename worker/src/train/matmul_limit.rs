@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
 
+use crate::model::flops::WeightMatmul;
 use crate::torch_ext;
 
 /// Matrix side of the measurement.
@@ -61,4 +62,55 @@ pub fn measure(device: Device) -> MatmulRates {
         .then(|| rate(device, || torch_ext::onednn_matmul(&a, &b).ok()))
         .flatten();
     MatmulRates { libtorch, onednn }
+}
+
+/// GFLOP/s of a training step's own weight matmuls run alone, at their
+/// shapes, on what the model's Linear layers use (oneDNN on the CPU where it
+/// works, libtorch's `matmul` elsewhere): for each layer the forward `x @ w^T`
+/// and the backward's `g @ w` and `g^T @ x`, `batch` images. A 2048³ product
+/// keeps every core's vector units busy; a step's matmuls are thinner (K of
+/// 128-192 at vit-tiny), so this is the rate the step itself could reach if
+/// nothing but its matmuls ran. `None` when a matmul fails.
+pub fn shape_rate(device: Device, matmuls: &[WeightMatmul], batch: i64) -> Option<f64> {
+    let onednn = device == Device::Cpu && torch_ext::onednn_linear_works();
+    let mm = |a: &Tensor, b: &Tensor| -> Option<Tensor> {
+        if onednn {
+            torch_ext::onednn_matmul(a, b).ok()
+        } else {
+            Some(a.matmul(b))
+        }
+    };
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    let mut seconds = 0.0;
+    let mut flops = 0.0;
+    for m in matmuls {
+        let rows = batch * m.tokens;
+        let x = Tensor::randn([rows, m.in_dim], (Kind::Float, device));
+        let w = Tensor::randn([m.out_dim, m.in_dim], (Kind::Float, device));
+        let g = Tensor::randn([rows, m.out_dim], (Kind::Float, device));
+        let step = || -> Option<()> {
+            let _y = mm(&x, &w.tr())?;
+            let _gx = mm(&g, &w)?;
+            let _gw = mm(&g.tr(), &x)?;
+            Some(())
+        };
+        step()?;
+        sync();
+        let mut best = f64::INFINITY;
+        for _ in 0..REPEATS {
+            let t = Instant::now();
+            for _ in 0..m.count {
+                step()?;
+            }
+            sync();
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        seconds += best;
+        flops += m.train_flops_per_image() * batch as f64;
+    }
+    Some(flops / seconds.max(1e-12) / 1e9)
 }
