@@ -20,8 +20,8 @@ pub mod migrate;
 mod open;
 mod stream;
 pub mod testing;
+mod verified;
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
@@ -62,7 +62,7 @@ pub struct ArtifactStore {
     url: Arc<str>,
     /// Keys whose whole object hashed to its sha256 once, with their size:
     /// ranges are served only from these.
-    verified: Arc<Mutex<HashMap<String, u64>>>,
+    verified: Arc<Mutex<verified::VerifiedKeys>>,
 }
 
 impl std::fmt::Debug for ArtifactStore {
@@ -267,7 +267,7 @@ impl ArtifactStore {
         let (key, expected) = (key.to_string(), sha256.to_string());
         Ok(stream::held_until_hashed(bytes, move |actual| {
             if actual == expected {
-                this.remember_verified(&key, size);
+                this.remember_verified(&key, &expected, size);
                 Ok(())
             } else {
                 tracing::error!(url = %this.url, key, actual, expected, "artifact checksum mismatch; not served");
@@ -281,9 +281,9 @@ impl ArtifactStore {
         }))
     }
 
-    fn remember_verified(&self, key: &str, size: u64) {
+    fn remember_verified(&self, key: &str, sha256: &str, size: u64) {
         if let Ok(mut seen) = self.verified.lock() {
-            seen.insert(key.to_string(), size);
+            seen.insert(key, sha256, size);
         }
     }
 
@@ -294,7 +294,7 @@ impl ArtifactStore {
             .verified
             .lock()
             .ok()
-            .and_then(|seen| seen.get(key).copied())
+            .and_then(|seen| seen.get(key, sha256))
         {
             return Ok(size);
         }
