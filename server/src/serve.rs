@@ -129,15 +129,30 @@ async fn open_artifact_store(settings: &ServeSettings) -> anyhow::Result<Artifac
 const REAP_EVERY: Duration = Duration::from_secs(5);
 /// Backoff before a rescued job may run again (doubled per attempt).
 const RESCUE_BACKOFF: Duration = Duration::from_secs(5);
+/// How often workers' system samples past their retention are deleted: at
+/// start and then hourly, so a server and workers that run for months keep
+/// two weeks of samples, not all of them.
+const PRUNE_SAMPLES_EVERY: Duration = Duration::from_secs(3600);
 
 /// Requeue (or fail) jobs whose worker died. Workers run the same reaper on
 /// every poll; the server runs it too so that jobs are rescued, and shown
 /// right, while no worker is alive. An advisory lock keeps it to one at a time.
-/// It also marks silent external runs lost.
+/// It also marks silent external runs lost, sweeps orphaned objects and
+/// prunes old system samples.
 async fn reap_forever(db: sqlx::PgPool, artifacts: ArtifactStore) {
     let mut tick = tokio::time::interval(REAP_EVERY);
+    let mut prune_due = tokio::time::Instant::now();
     loop {
         tick.tick().await;
+        if tokio::time::Instant::now() >= prune_due {
+            prune_due += PRUNE_SAMPLES_EVERY;
+            let retention = maelab_core::db::worker_metrics::RETENTION;
+            match maelab_core::db::worker_metrics::prune_older_than(&db, retention).await {
+                Ok(n) if n > 0 => tracing::info!(samples = n, "pruned old system samples"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not prune old system samples"),
+            }
+        }
         match maelab_core::db::queue::rescue_expired(&db, RESCUE_BACKOFF).await {
             Ok(r) if r.requeued + r.failed + r.cancelled > 0 => {
                 tracing::info!(

@@ -44,8 +44,12 @@ pub async fn serve() -> Server {
 /// [`serve`] through `command`: `maelab` itself, or a launcher whose
 /// arguments end in it, with the working directory and environment set
 /// there; `args` follow `serve --bind …`.
-pub async fn serve_with(mut command: Command, args: &[&str]) -> Server {
-    let db = TestDb::new().await.unwrap();
+pub async fn serve_with(command: Command, args: &[&str]) -> Server {
+    serve_on(TestDb::new().await.unwrap(), command, args).await
+}
+
+/// [`serve_with`] on `db`, which the test may have filled first.
+pub async fn serve_on(db: TestDb, mut command: Command, args: &[&str]) -> Server {
     let (token, _) = maelab_server::auth::tokens::create(&db.pool, "ci")
         .await
         .unwrap();
