@@ -146,12 +146,7 @@ async fn reap_forever(db: sqlx::PgPool, artifacts: ArtifactStore) {
         tick.tick().await;
         if tokio::time::Instant::now() >= prune_due {
             prune_due += PRUNE_SAMPLES_EVERY;
-            let retention = maelab_core::db::worker_metrics::RETENTION;
-            match maelab_core::db::worker_metrics::prune_older_than(&db, retention).await {
-                Ok(n) if n > 0 => tracing::info!(samples = n, "pruned old system samples"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "could not prune old system samples"),
-            }
+            maelab_core::db::worker_metrics::prune_expired_quietly(&db).await;
         }
         match maelab_core::db::queue::rescue_expired(&db, RESCUE_BACKOFF).await {
             Ok(r) if r.requeued + r.failed + r.cancelled > 0 => {

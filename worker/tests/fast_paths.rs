@@ -191,11 +191,17 @@ fn built_classifier(c: &RunConfig) -> nn::VarStore {
 /// matrix weight times the tokens its layer sees (the patch embedding sees all
 /// patches, the classifier head the pooled token).
 fn macs_from_weights(vs: &nn::VarStore, tokens_of: impl Fn(&str) -> f64) -> f64 {
-    vs.variables()
-        .iter()
-        .filter(|(name, t)| name.ends_with(".weight") && t.dim() >= 2)
-        .map(|(name, t)| t.numel() as f64 * tokens_of(name))
+    matrix_weights(vs)
+        .map(|(name, t)| t.numel() as f64 * tokens_of(&name))
         .sum()
+}
+
+/// The weights of a built model's matmuls (Linear and the patch embedding's
+/// conv; not LayerNorm's vectors).
+fn matrix_weights(vs: &nn::VarStore) -> impl Iterator<Item = (String, Tensor)> {
+    vs.variables()
+        .into_iter()
+        .filter(|(name, t)| name.ends_with(".weight") && t.dim() >= 2)
 }
 
 #[test]
@@ -239,10 +245,7 @@ fn flops_count_follows_the_built_model() {
 /// "blocks.3.attn.qkv.weight" is group "blocks.qkv", the patch embedding's
 /// [D, C, p, p] conv is the [C*p*p] -> [D] matmul it is.
 fn weight_shapes(vs: &nn::VarStore) -> Vec<(String, i64, i64)> {
-    let mut shapes: Vec<_> = vs
-        .variables()
-        .iter()
-        .filter(|(name, t)| name.ends_with(".weight") && t.dim() >= 2)
+    let mut shapes: Vec<_> = matrix_weights(vs)
         .map(|(name, t)| {
             let parts: Vec<&str> = name.split('.').collect();
             let group = match parts[0] {

@@ -100,6 +100,17 @@ pub async fn prune_older_than<'e>(
     Ok(done.rows_affected())
 }
 
+/// Delete the samples past [`RETENTION`], logging how many went or why not:
+/// for the server's reaper and a worker's start, which a failed prune must
+/// not stop.
+pub async fn prune_expired_quietly<'e>(db: impl PgExecutor<'e>) {
+    match prune_older_than(db, RETENTION).await {
+        Ok(n) if n > 0 => tracing::info!(samples = n, "pruned old system samples"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not prune old system samples"),
+    }
+}
+
 /// The newest sample of each of `worker_ids` that has sent one (one query
 /// for a whole workers page).
 pub async fn latest<'e>(

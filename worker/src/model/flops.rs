@@ -36,6 +36,16 @@ impl WeightMatmul {
     }
 }
 
+/// The weight matmuls of a block, named by the layer group they share in the
+/// model's variables ("blocks.3.attn.qkv.weight" is "blocks.qkv").
+const ENCODER_BLOCKS: [&str; 4] = ["blocks.qkv", "blocks.proj", "blocks.fc1", "blocks.fc2"];
+const DECODER_BLOCKS: [&str; 4] = [
+    "decoder_blocks.qkv",
+    "decoder_blocks.proj",
+    "decoder_blocks.fc1",
+    "decoder_blocks.fc2",
+];
+
 /// The four weight matmuls of `count` pre-norm blocks of width `dim` over
 /// `tokens` tokens: qkv (D x 3D), proj (D x D), fc1 and fc2 (D x hidden).
 fn blocks(
@@ -85,22 +95,20 @@ pub fn weight_matmuls(config: &RunConfig) -> Option<Vec<WeightMatmul>> {
             let enc_tokens = 1 + len_keep(l, config.mask_ratio);
             let dec = i64::from(s.decoder_embed_dim);
             let dec_tokens = 1 + l;
-            let enc = ["blocks.qkv", "blocks.proj", "blocks.fc1", "blocks.fc2"];
-            all.extend(blocks(enc, enc_tokens, dim, s.mlp_ratio, depth));
+            all.extend(blocks(ENCODER_BLOCKS, enc_tokens, dim, s.mlp_ratio, depth));
             all.push(one("decoder_embed", enc_tokens, dim, dec));
-            let names = [
-                "decoder_blocks.qkv",
-                "decoder_blocks.proj",
-                "decoder_blocks.fc1",
-                "decoder_blocks.fc2",
-            ];
             let dec_depth = i64::from(s.decoder_depth);
-            all.extend(blocks(names, dec_tokens, dec, s.mlp_ratio, dec_depth));
+            all.extend(blocks(
+                DECODER_BLOCKS,
+                dec_tokens,
+                dec,
+                s.mlp_ratio,
+                dec_depth,
+            ));
             all.push(one("decoder_pred", dec_tokens, dec, pixels));
         }
         RunKind::Finetune => {
-            let enc = ["blocks.qkv", "blocks.proj", "blocks.fc1", "blocks.fc2"];
-            all.extend(blocks(enc, 1 + l, dim, s.mlp_ratio, depth));
+            all.extend(blocks(ENCODER_BLOCKS, 1 + l, dim, s.mlp_ratio, depth));
             // On the pooled token.
             all.push(one("head", 1, dim, i64::from(s.num_classes)));
         }

@@ -146,11 +146,7 @@ impl Worker {
             .await
             .context("registering the worker")?;
         tracing::info!(%worker_id, name = %settings.name, device = %settings.device, "worker registered");
-        match worker_metrics::prune_older_than(&pool, worker_metrics::RETENTION).await {
-            Ok(n) if n > 0 => tracing::info!(samples = n, "pruned old system samples"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not prune old system samples"),
-        }
+        worker_metrics::prune_expired_quietly(&pool).await;
         let sampler = Arc::new(std::sync::Mutex::new(Sampler::for_device(device)));
         Ok(Self {
             sampler,

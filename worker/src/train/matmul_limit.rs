@@ -33,24 +33,31 @@ impl MatmulRates {
     }
 }
 
-/// GFLOP/s of the fastest of [`REPEATS`] runs of `mm` after one warm-up.
-fn rate(device: Device, mut mm: impl FnMut() -> Option<Tensor>) -> Option<f64> {
+/// Seconds of the fastest of [`REPEATS`] runs of `work` after one warm-up
+/// run, each waited for on a GPU; `None` when a run fails.
+fn fastest_seconds(device: Device, mut work: impl FnMut() -> Option<()>) -> Option<f64> {
     let sync = || {
         if let Device::Cuda(i) = device {
             tch::Cuda::synchronize(i as i64);
         }
     };
-    let _warm = mm()?;
+    work()?;
     sync();
     let mut best = f64::INFINITY;
     for _ in 0..REPEATS {
         let t = Instant::now();
-        let _out = mm()?;
+        work()?;
         sync();
         best = best.min(t.elapsed().as_secs_f64());
     }
+    Some(best.max(1e-12))
+}
+
+/// GFLOP/s of the 2048^3 matmul `mm` (fastest of [`REPEATS`]).
+fn rate(device: Device, mut mm: impl FnMut() -> Option<Tensor>) -> Option<f64> {
+    let seconds = fastest_seconds(device, || mm().map(drop))?;
     let flops = 2.0 * (SIDE as f64).powi(3);
-    Some(flops / best.max(1e-12) / 1e9)
+    Some(flops / seconds / 1e9)
 }
 
 /// Time both matmuls on `device` (fp32, random operands).
@@ -80,11 +87,6 @@ pub fn shape_rate(device: Device, matmuls: &[WeightMatmul], batch: i64) -> Optio
             Some(a.matmul(b))
         }
     };
-    let sync = || {
-        if let Device::Cuda(i) = device {
-            tch::Cuda::synchronize(i as i64);
-        }
-    };
     let mut seconds = 0.0;
     let mut flops = 0.0;
     for m in matmuls {
@@ -92,23 +94,15 @@ pub fn shape_rate(device: Device, matmuls: &[WeightMatmul], batch: i64) -> Optio
         let x = Tensor::randn([rows, m.in_dim], (Kind::Float, device));
         let w = Tensor::randn([m.out_dim, m.in_dim], (Kind::Float, device));
         let g = Tensor::randn([rows, m.out_dim], (Kind::Float, device));
-        let step = || -> Option<()> {
-            let _y = mm(&x, &w.tr())?;
-            let _gx = mm(&g, &w)?;
-            let _gw = mm(&g.tr(), &x)?;
+        let layers = || -> Option<()> {
+            for _ in 0..m.count {
+                let _y = mm(&x, &w.tr())?;
+                let _gx = mm(&g, &w)?;
+                let _gw = mm(&g.tr(), &x)?;
+            }
             Some(())
         };
-        step()?;
-        sync();
-        let mut best = f64::INFINITY;
-        for _ in 0..REPEATS {
-            let t = Instant::now();
-            for _ in 0..m.count {
-                step()?;
-            }
-            sync();
-            best = best.min(t.elapsed().as_secs_f64());
-        }
+        let best = fastest_seconds(device, layers)?;
         seconds += best;
         flops += m.train_flops_per_image() * batch as f64;
     }
