@@ -171,7 +171,7 @@ class ViT(nn.Module):
         return self.head(self.fc_norm(x[:, 1:, :].mean(1)))
 
 
-def main():
+def parser():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="vit-tiny/4")
     ap.add_argument("--mode", choices=["pretrain", "finetune"], default="pretrain")
@@ -181,7 +181,12 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    a = ap.parse_args()
+    return ap
+
+
+def setup(a):
+    """The model and a closure running one full training step (forward,
+    backward, AdamW) on synthetic data, for the arguments of `parser()`."""
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -216,6 +221,13 @@ def main():
         opt.step()
         return loss.item()
 
+    return model, step
+
+
+def main():
+    a = parser().parse_args()
+    dev = torch.device(a.device)
+    model, step = setup(a)
     for _ in range(a.warmup):
         step()
     if dev.type == "cuda":
