@@ -3,6 +3,9 @@
 //! - [`linear`]: `x @ w^T + b` on oneDNN's matmul with its own backward. On
 //!   this project's AMD CPUs libtorch's `linear` runs MKL's AVX2 sgemm path
 //!   while oneDNN uses AVX-512, about twice the fp32 GEMM rate (docs/benchmarks.md);
+//! - [`attention`]: multi-head self-attention on oneDNN's batched matmul with
+//!   its own backward, for the CPU, where libtorch's flash kernel is slow at
+//!   CIFAR-sized token counts (docs/benchmarks.md);
 //! - [`fused_adamw`]: `torch.optim.AdamW(fused=True)`'s kernel, one pass per tensor;
 //! - [`clear_grad`]: a gradient set to none (`zero_grad(set_to_none=True)`).
 //!
@@ -28,6 +31,8 @@ mod ffi {
             b: *const c_void,
             out: *mut *mut c_void,
         ) -> c_int;
+        pub fn maelab_ext_attention(qkv: *const c_void, heads: i64, out: *mut *mut c_void)
+        -> c_int;
         pub fn maelab_ext_onednn_mm(
             a: *const c_void,
             b: *const c_void,
@@ -83,6 +88,14 @@ fn new_tensor(call: impl FnOnce(*mut *mut c_void) -> c_int) -> Result<Tensor, To
 pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor, TorchExtError> {
     // SAFETY: three live tensors; the C++ side only reads them.
     new_tensor(|out| unsafe { ffi::maelab_ext_linear(ptr(x), ptr(w), ptr(b), out) })
+}
+
+/// Self-attention from the qkv projection `[B, N, 3 * heads * d]` (q, k, v,
+/// then heads) to `[B, N, heads * d]`, with autograd: softmax(q k^T / sqrt(d)) v
+/// on oneDNN's batched matmul. fp32 CPU tensors only: see [`use_onednn_attention`].
+pub fn attention(qkv: &Tensor, heads: i64) -> Result<Tensor, TorchExtError> {
+    // SAFETY: a live tensor; the C++ side only reads it.
+    new_tensor(|out| unsafe { ffi::maelab_ext_attention(ptr(qkv), heads, out) })
 }
 
 /// `a @ b` ([M, K] @ [K, N]) on oneDNN's matmul, without autograd.
@@ -150,6 +163,24 @@ static ONEDNN_LINEAR_OFF: AtomicBool = AtomicBool::new(false);
 /// Switch [`linear`] on or off for the whole process.
 pub fn set_onednn_linear(enabled: bool) {
     ONEDNN_LINEAR_OFF.store(!enabled, Ordering::Relaxed);
+}
+
+/// Off: attention uses libtorch's `scaled_dot_product_attention` on the CPU
+/// too (`maelab-worker bench --attention sdpa`, for side-by-side measurements).
+static ONEDNN_ATTENTION_OFF: AtomicBool = AtomicBool::new(false);
+
+/// Switch [`attention`] on or off for the whole process.
+pub fn set_onednn_attention(enabled: bool) {
+    ONEDNN_ATTENTION_OFF.store(!enabled, Ordering::Relaxed);
+}
+
+/// Whether self-attention on `qkv` goes to [`attention`]: fp32 on the CPU
+/// outside autocast, switched on, and oneDNN's matmul working here.
+pub fn use_onednn_attention(qkv: &Tensor) -> bool {
+    qkv.device() == Device::Cpu
+        && qkv.kind() == Kind::Float
+        && !ONEDNN_ATTENTION_OFF.load(Ordering::Relaxed)
+        && onednn_linear_works()
 }
 
 /// Whether oneDNN's fp32 matmul works in this process: libtorch refuses it on

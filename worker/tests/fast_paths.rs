@@ -1,6 +1,7 @@
 //! The trainer's fast paths give the numbers of the plain ones (CPU, fp32):
-//! fused attention (SDPA) against softmax(QK^T / sqrt(d)) V written out, the
-//! oneDNN Linear against libtorch's `linear`, outputs and gradients to 1e-5;
+//! fused attention (SDPA) and the oneDNN attention against softmax(QK^T /
+//! sqrt(d)) V written out and against each other, the oneDNN Linear against
+//! libtorch's `linear`, outputs and gradients to 1e-5;
 //! and the bench's FLOPs count and matmul list against the built model.
 
 use maelab_core::config::{RunConfig, RunConfigInput, RunKind};
@@ -114,6 +115,47 @@ fn sdpa_matches_softmax_attention_on_strided_views() {
             );
         }
     }
+}
+
+/// The oneDNN self-attention gives SDPA's numbers from the same qkv
+/// projection: outputs and the projection's gradient, at the encoder's and
+/// decoder's shapes and at odd ones (one token, one head, a head dim of 8).
+#[test]
+fn onednn_attention_matches_sdpa() {
+    if !torch_ext::onednn_linear_works() {
+        eprintln!("oneDNN's fp32 matmul is unavailable on this CPU; attention uses SDPA");
+        return;
+    }
+    tch::manual_seed(6);
+    // (batch, tokens, heads, head dim)
+    for (b, n, h, d) in [(4, 17, 3, 64), (3, 65, 4, 32), (2, 1, 1, 8), (1, 5, 2, 8)] {
+        let qkv = leaf(randn(&[b, n, 3 * h * d]));
+        let out = torch_ext::attention(&qkv, h).expect("oneDNN attention");
+        let heads = qkv.view([b, n, 3, h, d]).permute([2, 0, 3, 1, 4]).unbind(0);
+        let expected = sdpa(&heads[0], &heads[1], &heads[2])
+            .transpose(1, 2)
+            .reshape([b, n, h * d]);
+        assert_eq!(out.size(), expected.size());
+        assert!(
+            rel_diff(&out, &expected) < TOL,
+            "output {b}x{n}, {h} heads of {d}"
+        );
+        let g = randn(&[b, n, h * d]);
+        let ours = Tensor::run_backward(&[&out * &g], &[&qkv], false, false);
+        let theirs = Tensor::run_backward(&[&expected * &g], &[&qkv], false, false);
+        assert!(
+            rel_diff(&ours[0], &theirs[0]) < TOL,
+            "gradient {b}x{n}, {h} heads of {d}: {}",
+            rel_diff(&ours[0], &theirs[0])
+        );
+    }
+    // A projection that does not split into heads is refused with a message.
+    let err = torch_ext::attention(&randn(&[2, 4, 10]), 3).unwrap_err();
+    assert!(err.0.contains("3 * heads * d"), "{err}");
+    // Only fp32 CPU tensors take the oneDNN path.
+    let bf16 = randn(&[2, 4, 12]).to_kind(Kind::BFloat16);
+    assert!(!torch_ext::use_onednn_attention(&bf16));
+    assert!(torch_ext::use_onednn_attention(&randn(&[2, 4, 12])));
 }
 
 /// The oneDNN Linear gives libtorch's linear, for 2-D and 3-D inputs, with
@@ -290,4 +332,57 @@ fn the_step_matmuls_replay_at_a_finite_rate() {
     let matmuls = weight_matmuls(&c).expect("listed");
     let rate = shape_rate(Device::Cpu, &matmuls, 4).expect("every matmul runs");
     assert!(rate.is_finite() && rate > 0.0, "rate {rate}");
+}
+
+/// Benchmark, not a test (`cargo test --release -p maelab-worker --test
+/// fast_paths attention_speed -- --ignored --nocapture`): forward and backward
+/// of self-attention at vit-tiny/4's shapes, batch 128, 2 threads, oneDNN
+/// against SDPA, alternating, fastest of 7 rounds of 5 each.
+#[test]
+#[ignore]
+fn attention_speed() {
+    if !torch_ext::onednn_linear_works() {
+        eprintln!("oneDNN's fp32 matmul is unavailable on this CPU");
+        return;
+    }
+    tch::set_num_threads(2);
+    let time = |f: &dyn Fn()| {
+        let t = std::time::Instant::now();
+        for _ in 0..5 {
+            f();
+        }
+        t.elapsed().as_secs_f64() / 5.0
+    };
+    for (what, b, n, h, d) in [
+        ("encoder, pretraining", 128, 17, 3, 64),
+        ("decoder, pretraining", 128, 65, 4, 32),
+        ("encoder, finetuning", 128, 65, 3, 64),
+    ] {
+        let qkv = leaf(randn(&[b, n, 3 * h * d]));
+        let g = randn(&[b, n, h * d]);
+        let onednn = || {
+            let out = torch_ext::attention(&qkv, h).unwrap();
+            Tensor::run_backward(&[&out * &g], &[&qkv], false, false);
+        };
+        let with_sdpa = || {
+            let heads = qkv.view([b, n, 3, h, d]).permute([2, 0, 3, 1, 4]).unbind(0);
+            let out = sdpa(&heads[0], &heads[1], &heads[2])
+                .transpose(1, 2)
+                .reshape([b, n, h * d]);
+            Tensor::run_backward(&[&out * &g], &[&qkv], false, false);
+        };
+        onednn();
+        with_sdpa();
+        let (mut best_o, mut best_s) = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..7 {
+            best_o = best_o.min(time(&onednn));
+            best_s = best_s.min(time(&with_sdpa));
+        }
+        println!(
+            "attention {what} ({b}x{n}, {h} heads of {d}): oneDNN {:.2} ms, SDPA {:.2} ms, {:.2}x",
+            best_o * 1e3,
+            best_s * 1e3,
+            best_s / best_o
+        );
+    }
 }

@@ -73,6 +73,21 @@ pub struct Args {
     /// side-by-side measurements.
     #[arg(long, value_enum, default_value = "onednn")]
     linear: LinearArg,
+    /// What fp32 self-attention on the CPU runs on: oneDNN's batched matmul
+    /// (the default, where it works) or libtorch's
+    /// `scaled_dot_product_attention` (its flash kernel).
+    #[arg(long, value_enum, default_value = "onednn")]
+    attention: AttentionArg,
+    /// Skip the matmul-limit measurements after the steps, so that a
+    /// profiler attached to the whole process sees only training steps.
+    #[arg(long)]
+    no_limits: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AttentionArg {
+    Onednn,
+    Sdpa,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -163,11 +178,15 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         tch::set_num_threads(n.max(1) as i32);
     }
     crate::torch_ext::set_onednn_linear(args.linear == LinearArg::Onednn);
+    crate::torch_ext::set_onednn_attention(args.attention == AttentionArg::Onednn);
     let measured = throughput::measure(&config, device, args.warmup, args.steps)?;
     // After the steps, so it shares their conditions without disturbing them.
-    let matmul = matmul_limit::measure(device);
-    let shape_gflops = weight_matmuls(&config)
-        .and_then(|m| matmul_limit::shape_rate(device, &m, i64::from(args.batch)));
+    let limits = (!args.no_limits).then(|| {
+        let matmul = matmul_limit::measure(device);
+        let shape_gflops = weight_matmuls(&config)
+            .and_then(|m| matmul_limit::shape_rate(device, &m, i64::from(args.batch)));
+        (matmul, shape_gflops)
+    });
     let (ips, seconds, loss) = (
         measured.images_per_second,
         measured.seconds,
@@ -201,7 +220,10 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
         seconds / f64::from(args.steps.max(1))
     );
     println!("last_loss {loss:.4}");
-    print_matmul_limit(&config, ips, &matmul, shape_gflops);
+    match &limits {
+        Some((matmul, shape_gflops)) => print_matmul_limit(&config, ips, matmul, *shape_gflops),
+        None => println!("matmul_limit skipped (--no-limits)"),
+    }
     match peak_rss_mib() {
         Some(mib) => println!("peak_rss_mib {mib:.0}"),
         None => println!("peak_rss_mib unavailable"),

@@ -1,9 +1,13 @@
 //! Multi-head self-attention (timm `Attention`, qkv with bias) through
-//! `scaled_dot_product_attention`, which picks the fused kernel of the device.
+//! `scaled_dot_product_attention`, which picks the fused kernel of the device;
+//! fp32 on the CPU through one batched oneDNN matmul per product instead
+//! (`crate::torch_ext::attention`), several times faster there at CIFAR's
+//! 17-65 tokens than libtorch's CPU flash kernel (docs/benchmarks.md).
 
 use tch::{Tensor, nn};
 
 use super::layers::Linear;
+use crate::torch_ext;
 
 #[derive(Debug)]
 pub struct Attention {
@@ -25,11 +29,15 @@ impl Attention {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let (b, n, d) = x.size3().unwrap_or((0, 0, 0));
         let h = self.num_heads;
-        let qkv = self
-            .qkv
-            .forward(x) // [B, N, 3D]
-            .reshape([b, n, 3, h, d / h])
-            .permute([2, 0, 3, 1, 4]); // [3, B, H, N, D/H]
+        let qkv = self.qkv.forward(x); // [B, N, 3D]
+        if torch_ext::use_onednn_attention(&qkv) {
+            match torch_ext::attention(&qkv, h) {
+                Ok(out) => return self.proj.forward(&out),
+                // SDPA below fails (or works) on the same input.
+                Err(e) => tracing::debug!("oneDNN attention: {e}"),
+            }
+        }
+        let qkv = qkv.reshape([b, n, 3, h, d / h]).permute([2, 0, 3, 1, 4]); // [3, B, H, N, D/H]
         // unbind, not three selects: its backward stacks the three gradients
         // once, where each select's backward would fill a zeroed [3, ..] copy.
         let qkv = qkv.unbind(0);
