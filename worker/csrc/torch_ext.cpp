@@ -1,8 +1,8 @@
 // libtorch functions tch does not bind, for worker/src/torch_ext.rs: a Linear
 // and self-attention on oneDNN's matmul with their own backward, libtorch's
-// fused AdamW, and setting a gradient to none. Every entry point catches C++ exceptions (they must not
-// unwind into Rust): it returns 0, or 1 with the message in
-// maelab_ext_last_error().
+// fused AdamW, and setting a gradient to none. Every entry point catches C++
+// exceptions (they must not unwind into Rust): it returns 0, or 1 with the
+// message in maelab_ext_last_error().
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
@@ -83,10 +83,11 @@ struct OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
 // matmul, from the qkv projection [B, N, 3 * H * d] (q, k, v, then heads, as
 // timm lays it out) to [B, N, H * d], the proj layer's input. libtorch's CPU
 // flash kernel runs one small GEMM per (image, head, query block): at the
-// 17-65 tokens of CIFAR-sized ViTs that is 15-40 GFLOP/s, while one batched
-// matmul over all images and heads runs near the machine's matmul rate. The
-// probabilities [B * H, N, N] are kept for backward (at 65 tokens 17 KB per
-// image and head, against the layer's activations of the same order).
+// 17-65 tokens of CIFAR-sized ViTs that is 15-40 GFLOP/s. One batched matmul
+// over all images and heads per product drops those calls; what remains is
+// memory traffic of the scores (1.1-1.5x faster per layer, docs/benchmarks.md).
+// The probabilities [B * H, N, N] are kept for backward (at 65 tokens 17 KB
+// per image and head, against the layer's activations of the same order).
 struct OneDnnAttention : public torch::autograd::Function<OneDnnAttention> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& qkv,
                             int64_t heads) {

@@ -175,7 +175,8 @@ pub fn set_onednn_attention(enabled: bool) {
 }
 
 /// Whether self-attention on `qkv` goes to [`attention`]: fp32 on the CPU
-/// outside autocast, switched on, and oneDNN's matmul working here.
+/// (under autocast the projection comes out bf16, which keeps SDPA), switched
+/// on, and oneDNN's matmul working here.
 pub fn use_onednn_attention(qkv: &Tensor) -> bool {
     qkv.device() == Device::Cpu
         && qkv.kind() == Kind::Float

@@ -42,6 +42,27 @@ fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
     Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, false, None, false)
 }
 
+/// SDPA from a qkv projection [B, N, 3 * h * d] to [B, N, h * d], laid out as
+/// `torch_ext::attention` takes and gives it.
+fn sdpa_from_qkv(qkv: &Tensor, h: i64) -> Tensor {
+    let (b, n, c3) = qkv.size3().unwrap();
+    let d = c3 / 3 / h;
+    let heads = qkv.view([b, n, 3, h, d]).permute([2, 0, 3, 1, 4]).unbind(0);
+    sdpa(&heads[0], &heads[1], &heads[2])
+        .transpose(1, 2)
+        .reshape([b, n, h * d])
+}
+
+/// True (after saying so) where libtorch refuses oneDNN's fp32 matmul, whose
+/// paths the tests below then cannot reach.
+fn onednn_unavailable() -> bool {
+    let missing = !torch_ext::onednn_linear_works();
+    if missing {
+        eprintln!("oneDNN's fp32 matmul is unavailable on this CPU; the layers use libtorch's");
+    }
+    missing
+}
+
 /// The encoder's and decoder's attention layer against the same computation
 /// unfused with libtorch's linear, by its own weights: outputs, and gradients
 /// of the input and of every weight.
@@ -122,8 +143,7 @@ fn sdpa_matches_softmax_attention_on_strided_views() {
 /// decoder's shapes and at odd ones (one token, one head, a head dim of 8).
 #[test]
 fn onednn_attention_matches_sdpa() {
-    if !torch_ext::onednn_linear_works() {
-        eprintln!("oneDNN's fp32 matmul is unavailable on this CPU; attention uses SDPA");
+    if onednn_unavailable() {
         return;
     }
     tch::manual_seed(6);
@@ -131,10 +151,7 @@ fn onednn_attention_matches_sdpa() {
     for (b, n, h, d) in [(4, 17, 3, 64), (3, 65, 4, 32), (2, 1, 1, 8), (1, 5, 2, 8)] {
         let qkv = leaf(randn(&[b, n, 3 * h * d]));
         let out = torch_ext::attention(&qkv, h).expect("oneDNN attention");
-        let heads = qkv.view([b, n, 3, h, d]).permute([2, 0, 3, 1, 4]).unbind(0);
-        let expected = sdpa(&heads[0], &heads[1], &heads[2])
-            .transpose(1, 2)
-            .reshape([b, n, h * d]);
+        let expected = sdpa_from_qkv(&qkv, h);
         assert_eq!(out.size(), expected.size());
         assert!(
             rel_diff(&out, &expected) < TOL,
@@ -162,8 +179,7 @@ fn onednn_attention_matches_sdpa() {
 /// gradients of input, weight and bias.
 #[test]
 fn onednn_linear_matches_libtorch_linear() {
-    if !torch_ext::onednn_linear_works() {
-        eprintln!("oneDNN's fp32 matmul is unavailable on this CPU; the layers use libtorch's");
+    if onednn_unavailable() {
         return;
     }
     tch::manual_seed(5);
@@ -341,8 +357,7 @@ fn the_step_matmuls_replay_at_a_finite_rate() {
 #[test]
 #[ignore]
 fn attention_speed() {
-    if !torch_ext::onednn_linear_works() {
-        eprintln!("oneDNN's fp32 matmul is unavailable on this CPU");
+    if onednn_unavailable() {
         return;
     }
     tch::set_num_threads(2);
@@ -365,10 +380,7 @@ fn attention_speed() {
             Tensor::run_backward(&[&out * &g], &[&qkv], false, false);
         };
         let with_sdpa = || {
-            let heads = qkv.view([b, n, 3, h, d]).permute([2, 0, 3, 1, 4]).unbind(0);
-            let out = sdpa(&heads[0], &heads[1], &heads[2])
-                .transpose(1, 2)
-                .reshape([b, n, h * d]);
+            let out = sdpa_from_qkv(&qkv, h);
             Tensor::run_backward(&[&out * &g], &[&qkv], false, false);
         };
         onednn();

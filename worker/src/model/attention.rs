@@ -1,8 +1,8 @@
 //! Multi-head self-attention (timm `Attention`, qkv with bias) through
 //! `scaled_dot_product_attention`, which picks the fused kernel of the device;
 //! fp32 on the CPU through one batched oneDNN matmul per product instead
-//! (`crate::torch_ext::attention`), several times faster there at CIFAR's
-//! 17-65 tokens than libtorch's CPU flash kernel (docs/benchmarks.md).
+//! (`crate::torch_ext::attention`), 1.1-1.5x faster there at CIFAR's 17-65
+//! tokens than libtorch's CPU flash kernel (docs/benchmarks.md).
 
 use tch::{Tensor, nn};
 
