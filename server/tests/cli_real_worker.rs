@@ -9,6 +9,12 @@
 //! target folder. `scripts/test` builds the whole workspace first; a plain
 //! `cargo test -p maelab-server` before the worker was ever built skips this
 //! test with a message saying so.
+//!
+//! Also: a worker started on the server's host with neither a URL nor
+//! DATABASE_URL finds the embedded PostgreSQL through the URL file the server
+//! wrote into the shared data folder.
+
+mod embedded_pg_support;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -49,6 +55,56 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// `maelab serve` on a free port with what `configure` adds (its database);
+/// returns it and its base URL once `/healthz` answers, or panics after `limit`.
+async fn serve(limit: Duration, configure: impl FnOnce(&mut Command)) -> (Proc, String) {
+    let port = free_port();
+    let mut command = Command::new(BIN);
+    command.args(["serve", "--bind", &format!("127.0.0.1:{port}")]);
+    configure(&mut command);
+    let server = Proc(
+        command
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn maelab serve"),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(r) = reqwest::get(format!("{base}/healthz")).await
+            && r.status().is_success()
+        {
+            return (server, base);
+        }
+        assert!(Instant::now() < deadline, "the server did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `maelab-worker run` on the CPU, its data cache in `scratch`, with what
+/// `configure` adds; its log (RUST_LOG=info) goes to the returned file.
+fn spawn_worker(
+    bin: &Path,
+    scratch: &Scratch,
+    configure: impl FnOnce(&mut Command),
+) -> (Proc, PathBuf) {
+    let log = scratch.0.join("worker.log");
+    let mut command = Command::new(bin);
+    command
+        .args(["run", "--device", "cpu", "--cache-dir"])
+        .arg(scratch.0.join("cache"));
+    configure(&mut command);
+    let child = command
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn maelab-worker");
+    (Proc(child), log)
 }
 
 fn free_port() -> u16 {
@@ -177,56 +233,28 @@ async fn submit_wait_and_a_missed_bar_with_a_real_worker() {
     let token = String::from_utf8_lossy(&created.stdout).trim().to_string();
     assert!(token.starts_with("mlb_"), "{token}");
 
-    let port = free_port();
-    let _server = Proc(
-        Command::new(BIN)
-            .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
-            .env("DATABASE_URL", &url)
+    let (_server, base) = serve(Duration::from_secs(30), |c| {
+        c.env("DATABASE_URL", &url)
             // Its artifacts (and so the worker's, published) outside ./.maelab.
             .env(
                 "MAELAB_ARTIFACT_STORE",
                 std::env::temp_dir()
                     .join("maelab-test-artifacts")
-                    .join(format!("real-worker-{port}")),
-            )
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn maelab serve"),
-    );
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = reqwest::get(format!("{base}/healthz")).await
-            && r.status().is_success()
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the server did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+                    .join(format!("real-worker-{}", uuid::Uuid::new_v4())),
+            );
+    })
+    .await;
 
-    let worker_log = scratch.0.join("worker.log");
-    let _worker = Proc(
-        Command::new(&worker_bin)
-            .args(["run", "--database-url", &url, "--device", "cpu"])
-            .args([
-                "--poll-interval",
-                "0.5",
-                "--threads",
-                "1",
-                "--loader-threads",
-                "1",
-            ])
-            .arg("--cache-dir")
-            .arg(scratch.0.join("cache"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&worker_log).expect("log file"))
-            .spawn()
-            .expect("spawn maelab-worker"),
-    );
+    let (_worker, worker_log) = spawn_worker(&worker_bin, &scratch, |c| {
+        c.args(["--database-url", &url]).args([
+            "--poll-interval",
+            "0.5",
+            "--threads",
+            "1",
+            "--loader-threads",
+            "1",
+        ]);
+    });
     let log = || std::fs::read_to_string(&worker_log).unwrap_or_default();
 
     let submit = |toml: String, extra: &'static [&'static str]| {
@@ -286,5 +314,91 @@ async fn submit_wait_and_a_missed_bar_with_a_real_worker() {
     println!(
         "pretrain submit --wait: {pretrain_secs:.1} s; with the finetune: {:.1} s",
         started.elapsed().as_secs_f64()
+    );
+}
+
+/// SIGTERM, then up to 60 s for the process to exit (a server stops its
+/// embedded PostgreSQL on the way out).
+fn terminate(mut p: Proc) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(p.0.id()).expect("pid fits"));
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if matches!(p.0.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = p.0.kill();
+}
+
+#[tokio::test]
+async fn a_worker_beside_the_server_finds_its_embedded_database_without_a_url() {
+    let worker_bin = worker_binary();
+    if !worker_bin.is_file() {
+        eprintln!(
+            "SKIPPED: {} is not built; run `cargo build -p maelab-worker`",
+            worker_bin.display()
+        );
+        return;
+    }
+    // Declared first so it is dropped last: it stops a cluster a failed
+    // assertion left running, then removes the folder.
+    let data_dir = embedded_pg_support::DataDir::new();
+    let scratch = Scratch::new();
+    // initdb and the first start of the embedded cluster come first.
+    let (server, base) = serve(Duration::from_secs(120), |c| {
+        c.env("MAELAB_DATA_DIR", &data_dir.0)
+            .env_remove("DATABASE_URL");
+    })
+    .await;
+    assert!(
+        data_dir.0.join("database-url").is_file(),
+        "the server wrote its URL"
+    );
+
+    let (worker, worker_log) = spawn_worker(&worker_bin, &scratch, |c| {
+        c.args(["--name", "beside-the-server", "--data-dir"])
+            .arg(&data_dir.0)
+            .env_remove("DATABASE_URL")
+            .env_remove("MAELAB_DATABASE_URL");
+    });
+    let log = || std::fs::read_to_string(&worker_log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let listed = loop {
+        let workers: serde_json::Value = reqwest::get(format!("{base}/api/v1/workers"))
+            .await
+            .expect("GET /api/v1/workers")
+            .json()
+            .await
+            .expect("json");
+        let names: Vec<String> = workers
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|w| Some(format!("{}:{}", w["name"].as_str()?, w["state"].as_str()?)))
+            .collect();
+        if !names.is_empty() {
+            break names;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker never registered\nworker log:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        listed,
+        vec!["beside-the-server:idle".to_string()],
+        "{}",
+        log()
+    );
+
+    terminate(worker);
+    terminate(server);
+    assert!(
+        !data_dir.cluster().join("postmaster.pid").exists(),
+        "the server stopped its cluster"
     );
 }

@@ -2,6 +2,8 @@
 //! CUDA, `doctor` plans one CPU worker, `run` with the default device
 //! (`auto`) trains on the CPU, and its heartbeats store system samples
 //! (CPU %, resident memory, no GPU) tagged with the run it works on.
+//! And where a worker's artifacts go when it is given no store and no server
+//! has published one: `<data-dir>/artifacts`, the server's own default.
 
 mod queue_support;
 
@@ -9,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use maelab_core::db::testing::TestDb;
-use queue_support::{load_test_run, wait_for};
+use queue_support::{WorkerProcess, load_test_run, wait_for};
 
 fn cuda_available() -> bool {
     let out = Command::new(env!("CARGO_BIN_EXE_maelab-worker"))
@@ -90,5 +92,47 @@ async fn a_default_worker_trains_on_the_cpu_and_reports_system_samples() {
     assert!(
         samples.iter().any(|s| s.sample.cpu_percent.is_some()),
         "a rate after the first reading: {samples:?}"
+    );
+}
+
+#[tokio::test]
+async fn without_a_store_a_worker_keeps_artifacts_in_its_data_folder() {
+    let db = TestDb::new().await.expect("db");
+    let data_dir = tempfile::tempdir().expect("tempdir");
+    let log = data_dir.path().join("worker.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_maelab-worker"))
+        .args(["run", "--database-url", &db.url, "--device", "cpu"])
+        .arg("--data-dir")
+        .arg(data_dir.path())
+        .env_remove("MAELAB_ARTIFACT_STORE")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn maelab-worker");
+    // Killed when dropped, whatever the assertions below say.
+    let _worker = WorkerProcess { child };
+    let registered = async {
+        for _ in 0..600 {
+            let n: i64 = sqlx::query_scalar("select count(*) from worker")
+                .fetch_one(&db.pool)
+                .await
+                .expect("count");
+            if n == 1 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    };
+    let ok = registered.await;
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(ok, "the worker never registered:\n{log}");
+    let store = data_dir.path().join("artifacts");
+    // The store was opened and probed there (the probe's file is gone again).
+    assert!(store.is_dir(), "{}\n{log}", store.display());
+    assert!(
+        log.contains(&store.display().to_string()),
+        "the warning names it:\n{log}"
     );
 }

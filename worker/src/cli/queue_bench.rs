@@ -177,6 +177,7 @@ async fn latency(
                 .display()
                 .to_string(),
         ),
+        data_dir: std::env::temp_dir(),
     };
     let worker = Worker::start(settings, shutdown.clone()).await?;
     let task = tokio::spawn(worker.run());

@@ -2,7 +2,7 @@
 //! SIGTERM or Ctrl-C stops the current job at its next step, requeues it,
 //! marks the worker stopped and exits 0.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,9 +12,13 @@ use crate::queue::{Settings, Shutdown, Worker};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// PostgreSQL URL (falls back to DATABASE_URL).
+    /// PostgreSQL URL (falls back to DATABASE_URL, then to the URL a server
+    /// with the embedded PostgreSQL wrote to <data-dir>/database-url).
     #[arg(long, env = "MAELAB_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// The data folder of a `maelab serve` on this host (its `--data-dir`).
+    #[arg(long, env = "MAELAB_DATA_DIR", default_value = ".maelab")]
+    pub data_dir: PathBuf,
     /// auto (the first GPU when libtorch sees one, else the CPU), cpu, cuda or cuda:N.
     #[arg(long, env = "MAELAB_DEVICE", default_value = "auto")]
     pub device: String,
@@ -62,12 +66,11 @@ fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
 
 impl Args {
     fn settings(self) -> anyhow::Result<Settings> {
-        let database_url = self
-            .database_url
-            .or_else(|| std::env::var("DATABASE_URL").ok())
-            .context(
-                "no database: pass --database-url or set MAELAB_DATABASE_URL or DATABASE_URL",
-            )?;
+        let database_url = database_url(
+            self.database_url
+                .or_else(|| std::env::var("DATABASE_URL").ok()),
+            &self.data_dir,
+        )?;
         let lease = seconds(self.lease_seconds, "lease-seconds")?;
         let host = hostname::get()
             .map(|h| h.to_string_lossy().into_owned())
@@ -88,7 +91,35 @@ impl Args {
             threads: self.threads,
             loader_threads: self.loader_threads.max(1),
             artifact_store: self.artifact_store,
+            data_dir: self.data_dir,
         })
+    }
+}
+
+/// The URL given, else the one `maelab serve` wrote to `<data_dir>/database-url`
+/// when it started the embedded PostgreSQL (0600: only the account that runs
+/// the server can read it, the password included).
+fn database_url(given: Option<String>, data_dir: &Path) -> anyhow::Result<String> {
+    if let Some(url) = given.filter(|u| !u.trim().is_empty()) {
+        return Ok(url);
+    }
+    let path = data_dir.join("database-url");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => match text.trim() {
+            "" => anyhow::bail!(
+                "{} is empty: start `maelab serve` again, or pass --database-url",
+                path.display()
+            ),
+            url => Ok(url.to_string()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+            "no database: pass --database-url, set MAELAB_DATABASE_URL or DATABASE_URL, \
+             or start `maelab serve` with its embedded PostgreSQL in --data-dir {} \
+             (it writes {})",
+            data_dir.display(),
+            path.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
 }
 
@@ -134,5 +165,52 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_given_url_wins_over_the_data_folder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("database-url"), "postgres://file/db\n").expect("write");
+        let url = database_url(Some("postgres://given/db".into()), dir.path()).expect("url");
+        assert_eq!(url, "postgres://given/db");
+    }
+
+    #[test]
+    fn without_one_the_servers_file_is_read_without_its_newline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("database-url"),
+            "postgres://u:p@127.0.0.1:5999/maelab\n",
+        )
+        .expect("write");
+        for given in [None, Some(String::new()), Some("  ".into())] {
+            let url = database_url(given, dir.path()).expect("url");
+            assert_eq!(url, "postgres://u:p@127.0.0.1:5999/maelab");
+        }
+    }
+
+    #[test]
+    fn a_missing_or_empty_file_says_what_to_do() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = database_url(None, dir.path())
+            .expect_err("no file")
+            .to_string();
+        assert!(err.contains("--database-url"), "{err}");
+        assert!(err.contains("maelab serve"), "{err}");
+        assert!(
+            err.contains(&dir.path().join("database-url").display().to_string()),
+            "{err}"
+        );
+
+        std::fs::write(dir.path().join("database-url"), "\n").expect("write");
+        let err = database_url(None, dir.path())
+            .expect_err("empty")
+            .to_string();
+        assert!(err.contains("is empty"), "{err}");
     }
 }

@@ -71,8 +71,10 @@ pub struct Settings {
     pub threads: Option<usize>,
     pub loader_threads: usize,
     /// Artifact store URL; None: the one the server published in the
-    /// database, else `.maelab/artifacts`.
+    /// database, else `<data_dir>/artifacts`.
     pub artifact_store: Option<String>,
+    /// The data folder shared with a server on this host (`--data-dir`).
+    pub data_dir: PathBuf,
 }
 
 /// Process-wide stop request (SIGTERM, Ctrl-C, a test).
@@ -141,7 +143,12 @@ impl Worker {
             torch_version: crate::doctor::torch_version(),
             pid: i32::try_from(std::process::id()).ok(),
         };
-        let artifacts = open_artifact_store(&pool, settings.artifact_store.as_deref()).await?;
+        let artifacts = open_artifact_store(
+            &pool,
+            settings.artifact_store.as_deref(),
+            &settings.data_dir,
+        )
+        .await?;
         let worker_id = workers::register(&pool, &info)
             .await
             .context("registering the worker")?;
@@ -518,10 +525,14 @@ pub(crate) async fn report_system(
 }
 
 /// The artifact store: `--artifact-store` (MAELAB_ARTIFACT_STORE), else the
-/// URL the server published in the database, else `.maelab/artifacts` (a
-/// worker on the server's host with no server yet). Probed like the server's:
+/// URL the server published in the database, else `<data_dir>/artifacts`,
+/// the server's own default (a worker on the server's host with no server yet). Probed like the server's:
 /// an unreachable or read-only store stops the start, naming its URL.
-async fn open_artifact_store(pool: &PgPool, flag: Option<&str>) -> anyhow::Result<ArtifactStore> {
+async fn open_artifact_store(
+    pool: &PgPool,
+    flag: Option<&str>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<ArtifactStore> {
     let url = match flag {
         Some(url) => url.to_string(),
         None => match maelab_core::db::artifacts::published_store_url(pool)
@@ -530,8 +541,9 @@ async fn open_artifact_store(pool: &PgPool, flag: Option<&str>) -> anyhow::Resul
         {
             Some(url) => url,
             None => {
-                let dir = std::path::absolute(".maelab/artifacts")
-                    .context("resolving .maelab/artifacts")?;
+                let dir = data_dir.join("artifacts");
+                let dir = std::path::absolute(&dir)
+                    .with_context(|| format!("resolving {}", dir.display()))?;
                 tracing::warn!(
                     dir = %dir.display(),
                     "no --artifact-store and no server has published one; using a local folder"
