@@ -136,3 +136,40 @@ async fn without_a_store_a_worker_keeps_artifacts_in_its_data_folder() {
         "the warning names it:\n{log}"
     );
 }
+
+#[tokio::test]
+async fn an_idle_worker_keeps_being_seen() {
+    let db = TestDb::new().await.expect("db");
+    let _worker = WorkerProcess::spawn(&db.url, &["--poll-interval", "0.3"]);
+    let seen = || async {
+        sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>("select last_seen_at from worker")
+            .fetch_optional(&db.pool)
+            .await
+            .expect("last_seen_at")
+    };
+    let mut first = None;
+    for _ in 0..600 {
+        first = seen().await;
+        if first.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first = first.expect("the worker registered");
+    // No job, so no lease heartbeat: its idle polls must show it alive (the
+    // pages call a worker unseen for a minute lost).
+    let mut later = first;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        later = seen().await.expect("still there");
+        if later > first {
+            break;
+        }
+    }
+    assert!(later > first, "last_seen_at stayed at {first} while idle");
+    let jobs: i64 = sqlx::query_scalar("select count(*) from job")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    assert_eq!(jobs, 0, "it was idle throughout");
+}

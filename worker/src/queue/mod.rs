@@ -211,6 +211,14 @@ impl Worker {
                 self.settings.heartbeat_interval,
             )
             .await;
+            // Without a job no lease heartbeat bumps last_seen_at; without
+            // this an idle worker would read as lost after a minute.
+            let touch = workers::touch(&self.hb_pool, self.worker_id);
+            match tokio::time::timeout(self.settings.heartbeat_interval, touch).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "could not mark the worker seen"),
+                Err(_) => tracing::debug!("marking the worker seen timed out"),
+            }
             match queue::claim_next(&self.pool, self.worker_id, self.settings.lease).await {
                 Ok(Some(job)) => {
                     self.run_job(job).await;
@@ -525,9 +533,10 @@ pub(crate) async fn report_system(
 }
 
 /// The artifact store: `--artifact-store` (MAELAB_ARTIFACT_STORE), else the
-/// URL the server published in the database, else `<data_dir>/artifacts`,
-/// the server's own default (a worker on the server's host with no server yet). Probed like the server's:
-/// an unreachable or read-only store stops the start, naming its URL.
+/// URL the server published in the database, else `<data_dir>/artifacts`, the
+/// server's own default (a worker on the server's host with no server yet).
+/// Probed like the server's: an unreachable or read-only store stops the
+/// start, naming its URL.
 async fn open_artifact_store(
     pool: &PgPool,
     flag: Option<&str>,
