@@ -12,7 +12,8 @@
 //!
 //! Also: a worker started on the server's host with neither a URL nor
 //! DATABASE_URL finds the embedded PostgreSQL through the URL file the server
-//! wrote into the shared data folder.
+//! wrote into the shared data folder, and still reaches it after the server
+//! (and so the cluster) restarts.
 
 mod embedded_pg_support;
 
@@ -333,7 +334,7 @@ fn terminate(mut p: Proc) {
 }
 
 #[tokio::test]
-async fn a_worker_beside_the_server_finds_its_embedded_database_without_a_url() {
+async fn a_worker_beside_the_server_finds_its_embedded_database_and_keeps_it_across_a_restart() {
     let worker_bin = worker_binary();
     if !worker_bin.is_file() {
         eprintln!(
@@ -364,34 +365,70 @@ async fn a_worker_beside_the_server_finds_its_embedded_database_without_a_url() 
             .env_remove("MAELAB_DATABASE_URL");
     });
     let log = || std::fs::read_to_string(&worker_log).unwrap_or_default();
+    // (name:state, last_seen_at) of the one worker, once it has registered.
+    let listed = async |base: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let workers: serde_json::Value = reqwest::get(format!("{base}/api/v1/workers"))
+                .await
+                .expect("GET /api/v1/workers")
+                .json()
+                .await
+                .expect("json");
+            let rows: Vec<(String, String)> = workers
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|w| {
+                    Some((
+                        format!("{}:{}", w["name"].as_str()?, w["state"].as_str()?),
+                        w["last_seen_at"].as_str()?.to_string(),
+                    ))
+                })
+                .collect();
+            if !rows.is_empty() {
+                return rows;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the worker never registered\nworker log:\n{}",
+                log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let before = listed(&base).await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(before[0].0, "beside-the-server:idle", "{}", log());
+
+    // The server restarts, its cluster with it, on the cluster's remembered
+    // port: the worker, which read the URL once, goes on heartbeating.
+    terminate(server);
+    let (server, base) = serve(Duration::from_secs(120), |c| {
+        c.env("MAELAB_DATA_DIR", &data_dir.0)
+            .env_remove("DATABASE_URL");
+    })
+    .await;
+    let up = chrono::Utc::now();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let listed = loop {
-        let workers: serde_json::Value = reqwest::get(format!("{base}/api/v1/workers"))
-            .await
-            .expect("GET /api/v1/workers")
-            .json()
-            .await
-            .expect("json");
-        let names: Vec<String> = workers
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|w| Some(format!("{}:{}", w["name"].as_str()?, w["state"].as_str()?)))
-            .collect();
-        if !names.is_empty() {
-            break names;
+    loop {
+        let now = listed(&base).await;
+        let seen: chrono::DateTime<chrono::Utc> = now[0].1.parse().expect("RFC 3339");
+        if seen > up {
+            assert_eq!(now[0].0, "beside-the-server:idle", "{}", log());
+            break;
         }
         assert!(
             Instant::now() < deadline,
-            "the worker never registered\nworker log:\n{}",
+            "no heartbeat after the restart\nworker log:\n{}",
             log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert_eq!(
-        listed,
-        vec!["beside-the-server:idle".to_string()],
-        "{}",
+    }
+    let mut worker = worker;
+    assert!(
+        matches!(worker.0.try_wait(), Ok(None)),
+        "the worker lived through the restart\n{}",
         log()
     );
 

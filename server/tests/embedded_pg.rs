@@ -13,7 +13,7 @@ use std::process::Command;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use embedded_pg_support::{DataDir, OtherAccount, old_trust_cluster, stop_cluster, text};
-use maelab_server::embedded_pg::{EmbeddedPostgres, PASSWORD_FILE};
+use maelab_server::embedded_pg::{EmbeddedPostgres, PASSWORD_FILE, PORT_FILE};
 use maelab_server::http::{AppState, app};
 use maelab_server::serve::Server;
 use maelab_server::settings::ServeSettings;
@@ -130,9 +130,10 @@ async fn starts_stops_restarts_and_survives_a_stale_pid_file() {
     )
     .expect("stale pid file");
 
-    // Restart on the same folder: the data is still there, the password and
-    // the rules unchanged.
+    // Restart on the same folder: the data is still there, the password, the
+    // rules and the port (so URLs handed out before still work) unchanged.
     let pg = EmbeddedPostgres::start(&dir.0).await.expect("restart");
+    assert_eq!(pg.port(), first_port, "a restart takes its free port again");
     let pool = maelab_core::db::connect(&pg.url(), 2)
         .await
         .expect("reconnect");
@@ -156,6 +157,34 @@ async fn starts_stops_restarts_and_survives_a_stale_pid_file() {
     pool.close().await;
     pg.stop().expect("final stop");
     assert!(!cluster.join("postmaster.pid").exists(), "stopped cleanly");
+}
+
+#[tokio::test]
+async fn a_restart_whose_port_is_taken_moves_to_another() {
+    let dir = DataDir::new();
+    let pg = EmbeddedPostgres::start(&dir.0).await.expect("first start");
+    let first_port = pg.port();
+    let remembered = std::fs::read_to_string(dir.0.join(PORT_FILE)).expect("port file");
+    assert_eq!(remembered.trim(), first_port.to_string());
+    pg.stop().expect("stop");
+
+    // Another program listens there now.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", first_port)).expect("take the port");
+    let pg = EmbeddedPostgres::start(&dir.0).await.expect("restart");
+    assert_ne!(pg.port(), first_port);
+    let pool = maelab_core::db::connect(&pg.url(), 1)
+        .await
+        .expect("reachable on its new port");
+    assert_eq!(healthz(pool.clone()).await, StatusCode::OK);
+    let remembered = std::fs::read_to_string(dir.0.join(PORT_FILE)).expect("port file");
+    assert_eq!(
+        remembered.trim(),
+        pg.port().to_string(),
+        "the new port is remembered"
+    );
+    drop(squatter);
+    pool.close().await;
+    pg.stop().expect("final stop");
 }
 
 #[tokio::test]

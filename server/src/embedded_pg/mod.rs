@@ -1,7 +1,8 @@
 //! The embedded PostgreSQL default: when no `DATABASE_URL` is given, the server
 //! runs a private cluster in its data folder with the system's `initdb` and
-//! `pg_ctl`, on a free loopback port, and stops it on exit. Only holders of its
-//! password get in ([`auth`]).
+//! `pg_ctl`, on a free loopback port (the same one across restarts while it is
+//! free, [`PORT_FILE`]), and stops it on exit. Only holders of its password get
+//! in ([`auth`]).
 //!
 //! `initdb` refuses to run as root, so as root the cluster belongs to the
 //! `postgres` system user (Debian's package creates it) and the tools run as it;
@@ -19,6 +20,11 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 
 pub use auth::PASSWORD_FILE;
+
+/// The port the cluster last listened on, in the data folder. A restart takes
+/// it again when it is free, so a URL handed out before (a worker's
+/// `database-url`) still reaches the database after the server restarts.
+pub const PORT_FILE: &str = "postgres-port";
 use auth::Password;
 
 /// Role and database the embedded cluster serves.
@@ -65,6 +71,7 @@ pub struct EmbeddedPostgres {
     owner: Option<nix::unistd::User>,
     password: Password,
     password_file: PathBuf,
+    port_file: PathBuf,
     /// Whether this process started the cluster (and so stops it).
     started: bool,
 }
@@ -106,6 +113,7 @@ impl EmbeddedPostgres {
             owner,
             password,
             password_file,
+            port_file: data_dir.join(PORT_FILE),
             started: false,
         };
         if !pg.cluster.join("PG_VERSION").exists() {
@@ -118,9 +126,16 @@ impl EmbeddedPostgres {
             }
             None => {
                 pg.clear_stale_pid()?;
-                pg.port = free_port().map_err(|source| io_err(&pg.cluster, source))?;
+                pg.port = match remembered_free_port(&pg.port_file) {
+                    Some(port) => port,
+                    None => free_port().map_err(|source| io_err(&pg.cluster, source))?,
+                };
                 pg.pg_ctl_start()?;
                 pg.started = true;
+                if let Err(e) = std::fs::write(&pg.port_file, format!("{}\n", pg.port)) {
+                    // Only a restart's choice of port depends on it.
+                    tracing::warn!(path = %pg.port_file.display(), error = %e, "cannot remember the port");
+                }
                 tracing::info!(port = pg.port, cluster = %pg.cluster.display(), "started embedded PostgreSQL");
             }
         }
@@ -391,6 +406,12 @@ fn find_bin_dir() -> Result<PathBuf, EmbeddedPgError> {
         .pop()
         .map(|(_, bin)| bin)
         .ok_or(EmbeddedPgError::MissingTool("initdb"))
+}
+
+/// The port in `path` (see [`PORT_FILE`]) when nobody listens on it now.
+fn remembered_free_port(path: &Path) -> Option<u16> {
+    let port: u16 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
+    (port != 0 && TcpListener::bind(("127.0.0.1", port)).is_ok()).then_some(port)
 }
 
 /// A loopback port nobody listens on right now.
