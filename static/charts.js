@@ -52,8 +52,18 @@ window.maelabCharts = (function () {
       axes: [{ label: opts.xLabel || "" }, { size: 64, values: function (u, ticks) { return ticks.map(tickLabel); } }],
       cursor: { drag: { x: true, y: false } },
       legend: { live: true },
+      hooks: { setData: [widenSingleX] },
     }, data, box);
     return { u: u, box: box };
+  }
+
+  // uPlot spreads a single x value (one epoch so far) over 0-100, which puts
+  // the point at the axis's left edge; one unit either side centres it.
+  function widenSingleX(u) {
+    const x = u.data[0];
+    if (x && x.length > 0 && x[0] != null && x[0] === x[x.length - 1]) {
+      u.setScale("x", { min: x[0] - 1, max: x[0] + 1 });
+    }
   }
 
   function tickLabel(v) {
@@ -62,5 +72,5 @@ window.maelabCharts = (function () {
     return a !== 0 && (a < 1e-2 || a >= 1e5) ? v.toExponential(1) : String(+v.toPrecision(4));
   }
 
-  return { make: make, ema: ema, hasValues: hasValues, COLORS: COLORS };
+  return { make: make, ema: ema, hasValues: hasValues, widenSingleX: widenSingleX, COLORS: COLORS };
 })();

@@ -189,7 +189,9 @@
   window.maelabRun = {
     epochs: E, steps: S, recons: recons,
     charts: function () {
-      return charts.map(function (c) { return { title: c.def.title, data: c.u.data, distr: c.u.scales.y.distr }; });
+      return charts.map(function (c) {
+        return { title: c.def.title, data: c.u.data, distr: c.u.scales.y.distr, x: [c.u.scales.x.min, c.u.scales.x.max] };
+      });
     },
   };
   window.maelabDrawn = performance.now();

@@ -65,6 +65,7 @@
                { size: 64, values: function (u, ticks) { return ticks.map(fmt); } }],
         cursor: { drag: { x: true, y: false } },
         legend: { live: true },
+        hooks: { setData: [C.widenSingleX] },
       }, data, el);
       // The band edges are drawn but not listed: the legend shows one line per arm.
       const rows = u.root.querySelectorAll(".u-legend .u-series");

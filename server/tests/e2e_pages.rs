@@ -184,6 +184,11 @@ async fn submit_watch_live_open_reconstruction_and_cancel() {
             "{title} in {charts}"
         );
     }
+    // A single epoch sits inside its axis, not at the edge of uPlot's 0-100.
+    let x = b
+        .js("return window.maelabRun.charts().find(c => c.title === 'Loss per epoch').x")
+        .await;
+    assert_eq!(x, json!([-1, 1]), "x range of a one-epoch chart");
     // Smoothing and the log scale act on the drawn charts.
     b.js("const s = document.getElementById('smoothing'); s.value = '0.9'; s.dispatchEvent(new Event('input')); return null").await;
     let smoothed = b

@@ -287,7 +287,9 @@ fn budget_text(budget: &serde_json::Value) -> (String, bool) {
         Ok(Budget::Epochs { pretrain, finetune }) => {
             let parts: Vec<String> = [("pretraining", pretrain), ("finetuning", finetune)]
                 .into_iter()
-                .filter_map(|(what, e)| e.map(|e| format!("{e} epochs of {what}")))
+                .filter_map(|(what, e)| {
+                    e.map(|e| format!("{e} epoch{} of {what}", if e == 1 { "" } else { "s" }))
+                })
                 .collect();
             (
                 format!("equal epochs: {} per chain", parts.join(" + ")),
@@ -640,6 +642,25 @@ mod tests {
         assert_eq!(thousands(-1_000), "-1\u{202f}000");
         assert_eq!(signed(1.2, 2), "+1.20");
         assert_eq!(signed(-0.4, 1), "-0.4");
+    }
+
+    #[test]
+    fn an_epoch_budget_counts_its_epochs() {
+        let text = |b: Budget| budget_text(&serde_json::to_value(b).expect("json")).0;
+        assert_eq!(
+            text(Budget::Epochs {
+                pretrain: Some(1),
+                finetune: Some(3)
+            }),
+            "equal epochs: 1 epoch of pretraining + 3 epochs of finetuning per chain"
+        );
+        assert_eq!(
+            text(Budget::Epochs {
+                pretrain: None,
+                finetune: Some(1)
+            }),
+            "equal epochs: 1 epoch of finetuning per chain"
+        );
     }
 
     #[test]
