@@ -230,8 +230,14 @@ async fn the_study_page_shows_results_verdicts_curves_and_reconstructions() {
         top1.contains(r#"<td class="num mean">56.00</td>"#),
         "{top1}"
     );
-    assert!(top1.contains("s0 50.00 · s1 51.00 · s2 52.00"), "{top1}");
-    assert!(top1.contains("s0 55.00 · s1 56.00 · s2 57.00"), "{top1}");
+    assert!(
+        top1.contains("s0\u{a0}50.00 · s1\u{a0}51.00 · s2\u{a0}52.00"),
+        "{top1}"
+    );
+    assert!(
+        top1.contains("s0\u{a0}55.00 · s1\u{a0}56.00 · s2\u{a0}57.00"),
+        "{top1}"
+    );
     assert!(top1.contains("+5.00 ["), "the difference: {top1}");
     assert!(top1.contains("excludes-zero"), "{top1}");
     for metric in [
@@ -309,7 +315,7 @@ async fn a_failed_chain_is_counted_honestly_and_can_be_retried() {
         .and_then(|s| s.split("</tbody>").next())
         .expect("top-1 group");
     assert!(
-        top1.contains("s0 55.00 · s2 57.00"),
+        top1.contains("s0\u{a0}55.00 · s2\u{a0}57.00"),
         "only succeeded chains: {top1}"
     );
     assert!(

@@ -73,7 +73,7 @@ pub struct MetricLine {
     /// `[71.02, 73.40]`.
     pub ci: String,
     pub sd: String,
-    /// `s0 72.10 · s1 73.02`.
+    /// `s0 72.10 · s1 73.02` (a no-break space inside each seed's pair).
     pub seeds: String,
     /// `+1.20 [-0.40, 2.85]`, empty for the baseline.
     pub diff: String,
@@ -224,7 +224,8 @@ fn metric_line(arm: &str, baseline: bool, r: &MetricResult, digits: usize) -> Me
         .seeds
         .iter()
         .zip(&r.values)
-        .map(|(seed, v)| format!("s{seed} {}", fmt(*v, digits)))
+        // A no-break space: a narrow column wraps between seeds, not inside one.
+        .map(|(seed, v)| format!("s{seed}\u{a0}{}", fmt(*v, digits)))
         .collect::<Vec<_>>()
         .join(" · ");
     let c = r.vs_baseline.as_ref();
