@@ -19,6 +19,15 @@ window.maelabCharts = (function () {
     return out;
   }
 
+  // Tick steps for whole-number axes (epochs, steps): no 0.2-epoch ticks.
+  const WHOLE_INCRS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 2500, 5000,
+                       1e4, 2e4, 2.5e4, 5e4, 1e5, 2e5, 2.5e5, 5e5, 1e6, 2e6, 5e6, 1e7];
+
+  // A line needs two points: with fewer than three, mark them.
+  function fewPoints(u) {
+    return u.data[0].length < 3;
+  }
+
   function hasValues(arr) {
     for (let i = 0; i < arr.length; i++) if (arr[i] != null) return true;
     return false;
@@ -38,10 +47,12 @@ window.maelabCharts = (function () {
         width: s.width || 1.5,
         dash: s.dash,
         spanGaps: true,
-        points: { show: false },
+        points: { show: fewPoints },
         value: function (u, v) { return v == null ? "—" : (Math.abs(v) < 1e-3 && v !== 0 ? v.toExponential(3) : v.toPrecision(5)); },
       };
     }));
+    const xAxis = { label: opts.xLabel || "" };
+    if (opts.xLabel === "epoch" || opts.xLabel === "step") xAxis.incrs = WHOLE_INCRS;
     const u = new uPlot({
       title: opts.title,
       width: width,
@@ -49,7 +60,7 @@ window.maelabCharts = (function () {
       series: series,
       scales: { x: { time: false }, y: { distr: opts.log ? 3 : 1 } },
       // uPlot's default tick labels round small values (learning rates) to 0.
-      axes: [{ label: opts.xLabel || "" }, { size: 64, values: function (u, ticks) { return ticks.map(tickLabel); } }],
+      axes: [xAxis, { size: 64, values: function (u, ticks) { return ticks.map(tickLabel); } }],
       cursor: { drag: { x: true, y: false } },
       legend: { live: true },
       hooks: { setData: [widenSingleX] },
@@ -72,5 +83,6 @@ window.maelabCharts = (function () {
     return a !== 0 && (a < 1e-2 || a >= 1e5) ? v.toExponential(1) : String(+v.toPrecision(4));
   }
 
-  return { make: make, ema: ema, hasValues: hasValues, widenSingleX: widenSingleX, COLORS: COLORS };
+  return { make: make, ema: ema, hasValues: hasValues, widenSingleX: widenSingleX, WHOLE_INCRS: WHOLE_INCRS,
+           COLORS: COLORS };
 })();

@@ -190,7 +190,9 @@
     epochs: E, steps: S, recons: recons,
     charts: function () {
       return charts.map(function (c) {
-        return { title: c.def.title, data: c.u.data, distr: c.u.scales.y.distr, x: [c.u.scales.x.min, c.u.scales.x.max] };
+        const pts = c.u.series[1].points;
+        return { title: c.def.title, data: c.u.data, distr: c.u.scales.y.distr, x: [c.u.scales.x.min, c.u.scales.x.max],
+                 xTicks: c.u.axes[0]._splits, points: pts.show(c.u, 1, 0, c.u.data[0].length - 1) };
       });
     },
   };

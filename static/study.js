@@ -61,7 +61,7 @@
         bands: bands,
         scales: { x: { time: false } },
         // Epochs are whole: no 0.1 ticks on a two-epoch study.
-        axes: [{ label: "epoch", incrs: [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000] },
+        axes: [{ label: "epoch", incrs: C.WHOLE_INCRS },
                { size: 64, values: function (u, ticks) { return ticks.map(fmt); } }],
         cursor: { drag: { x: true, y: false } },
         legend: { live: true },

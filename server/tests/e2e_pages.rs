@@ -184,11 +184,16 @@ async fn submit_watch_live_open_reconstruction_and_cancel() {
             "{title} in {charts}"
         );
     }
-    // A single epoch sits inside its axis, not at the edge of uPlot's 0-100.
-    let x = b
-        .js("return window.maelabRun.charts().find(c => c.title === 'Loss per epoch').x")
+    // A single epoch sits inside its axis, not at the edge of uPlot's 0-100,
+    // on whole-epoch ticks, drawn as a point (a line needs two).
+    let one = b
+        .js("const c = window.maelabRun.charts().find(c => c.title === 'Loss per epoch'); return [c.x, c.xTicks, c.points]")
         .await;
-    assert_eq!(x, json!([-1, 1]), "x range of a one-epoch chart");
+    assert_eq!(one, json!([[-1, 1], [-1, 0, 1], true]), "a one-epoch chart");
+    let many = b
+        .js("return window.maelabRun.charts().find(c => c.title === 'Training loss per step').points")
+        .await;
+    assert_eq!(many, json!(false), "20 steps draw a line, no markers");
     // Smoothing and the log scale act on the drawn charts.
     b.js("const s = document.getElementById('smoothing'); s.value = '0.9'; s.dispatchEvent(new Event('input')); return null").await;
     let smoothed = b
