@@ -438,10 +438,19 @@ async fn compare_shows_the_study_table_and_reconstructions_side_by_side() {
         )
         .await;
     }
+    sqlx::query("update run set n_parameters = 2866992 where run_id = $1")
+        .bind(b)
+        .execute(&p.db.pool)
+        .await
+        .expect("n_parameters");
     let html = p.get(&format!("/compare?run={a}&run={b}")).await.text();
     assert!(
         html.contains(">61.00<") && html.contains(">64.50<"),
         "best top-1 per run"
+    );
+    assert!(
+        html.contains(">2\u{202f}866\u{202f}992<"),
+        "parameters read in thousands"
     );
     assert!(html.contains("Reconstructions at epoch 1"));
     assert_eq!(html.matches("/artifacts/").count(), 2);

@@ -14,7 +14,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::run::{EpochColumns, is_epoch_key};
-use super::{PageError, Reader, human_duration, render};
+use super::{PageError, Reader, human_duration, render, thousands};
 use crate::http::AppState;
 use crate::read_model::artifacts::{self, ArtifactInfo};
 use crate::read_model::{RunFilter, RunSummary, metrics, points, runs};
@@ -31,6 +31,8 @@ pub fn router() -> Router<AppState> {
 
 pub struct Column {
     pub run: RunSummary,
+    /// `n_parameters` with thin separators, or empty.
+    pub parameters: String,
     pub training_time: String,
     pub recons: Vec<ArtifactInfo>,
 }
@@ -103,6 +105,7 @@ async fn show(
             epochs: EpochColumns::from_rows(&epochs),
         });
         columns.push(Column {
+            parameters: run.n_parameters.map(thousands).unwrap_or_default(),
             training_time: run
                 .train_seconds
                 .map(|s| human_duration(s.round() as i64))

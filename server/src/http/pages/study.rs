@@ -24,7 +24,7 @@ use maelab_core::study::spec::valid_arm_name;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{PageError, Reader, csrf_value, human_duration, render};
+use super::{PageError, Reader, csrf_value, human_duration, render, thousands};
 use crate::auth::{CsrfForm, Submit};
 use crate::http::api::studies::{StudyDetail, detail};
 use crate::http::{AppError, AppState};
@@ -198,19 +198,6 @@ fn signed(x: f64, digits: usize) -> String {
     } else {
         format!("{x:.digits$}")
     }
-}
-
-/// A count with thin separators: 296 280.
-fn thousands(n: i64) -> String {
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push('\u{202f}');
-        }
-        out.push(c);
-    }
-    if n < 0 { format!("-{out}") } else { out }
 }
 
 fn metric_line(arm: &str, baseline: bool, r: &MetricResult, digits: usize) -> MetricLine {
