@@ -41,9 +41,9 @@ pub struct Args {
     /// Do not LISTEN for new jobs; rely on polling (to measure the backstop).
     #[arg(long, hide = true)]
     pub no_listen: bool,
-    /// Where decoded datasets are cached.
-    #[arg(long, env = "MAELAB_CACHE_DIR", default_value = ".maelab/cache")]
-    pub cache_dir: PathBuf,
+    /// Where decoded datasets are cached (default: <data-dir>/cache).
+    #[arg(long, env = "MAELAB_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
     /// CPU threads for torch (default: libtorch's choice).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -87,7 +87,9 @@ impl Args {
                 .context("--rescue-backoff must be a non-negative number of seconds")?,
             once: self.once,
             listen: !self.no_listen,
-            cache_dir: self.cache_dir,
+            cache_dir: self
+                .cache_dir
+                .unwrap_or_else(|| self.data_dir.join("cache")),
             threads: self.threads,
             loader_threads: self.loader_threads.max(1),
             artifact_store: self.artifact_store,
@@ -192,6 +194,35 @@ mod tests {
             let url = database_url(given, dir.path()).expect("url");
             assert_eq!(url, "postgres://u:p@127.0.0.1:5999/maelab");
         }
+    }
+
+    #[test]
+    fn the_data_folder_holds_the_dataset_cache_unless_one_is_named() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: Args,
+        }
+        let settings = |extra: &[&str]| {
+            let mut argv = vec![
+                "run",
+                "--database-url",
+                "postgres://h/db",
+                "--device",
+                "cpu",
+            ];
+            argv.extend_from_slice(extra);
+            <Cli as clap::Parser>::try_parse_from(argv)
+                .expect("arguments")
+                .run
+                .settings()
+                .expect("settings")
+        };
+        let s = settings(&["--data-dir", "/srv/maelab"]);
+        assert_eq!(s.data_dir, PathBuf::from("/srv/maelab"));
+        assert_eq!(s.cache_dir, PathBuf::from("/srv/maelab/cache"));
+        let s = settings(&["--data-dir", "/srv/maelab", "--cache-dir", "/fast/cache"]);
+        assert_eq!(s.cache_dir, PathBuf::from("/fast/cache"));
     }
 
     #[test]
