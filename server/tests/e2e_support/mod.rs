@@ -24,6 +24,19 @@ pub struct Browser {
     _profile: TempDir,
 }
 
+impl Drop for Browser {
+    /// The whole group: chromedriver, Chromium and its helpers, before the
+    /// profile folder goes.
+    fn drop(&mut self) {
+        if let Some(pid) = self._driver.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 struct TempDir(std::path::PathBuf);
 impl Drop for TempDir {
     fn drop(&mut self) {
@@ -65,10 +78,13 @@ pub async fn start() -> Browser {
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let port = free_port();
+    // Its own process group, which the browser it starts joins: killing
+    // chromedriver alone left every test's Chromium running, orphaned.
     let driver = Command::new(find_binary(&["chromedriver"]))
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .expect("chromedriver starts");
@@ -83,6 +99,8 @@ pub async fn start() -> Browser {
                      "--no-first-run", "--disable-background-networking",
                      "--disable-component-update", "--disable-sync",
                      "--disable-dev-shm-usage", "--window-size=1400,1000",
+                     // No crash handler: it would leave the process group.
+                     "--disable-breakpad", "--disable-crash-reporter",
                      format!("--user-data-dir={}", profile.display())],
         }),
     );
