@@ -51,3 +51,55 @@ fn apply() -> bool {
 fn apply() -> bool {
     false
 }
+
+/// Hands the heap's free pages back to the kernel (`malloc_trim`). The
+/// settings above keep a job's freed buffers for its next step; once the job
+/// is over an idle worker would otherwise sit on them (1.5 GiB after a
+/// CIFAR-10 run). Returns whether anything was released.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn release_free_memory() -> bool {
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it is
+    // thread-safe (it locks each arena it trims).
+    unsafe { libc::malloc_trim(0) == 1 }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn release_free_memory() -> bool {
+    false
+}
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod tests {
+    use super::*;
+
+    fn rss_bytes() -> u64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+        let pages: u64 = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .expect("resident pages");
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        pages * u64::try_from(page).expect("page size")
+    }
+
+    #[test]
+    fn freed_heap_memory_goes_back_to_the_kernel() {
+        // 256 MiB in 64 KiB blocks (heap, not mmap), written so they are
+        // resident; the last block stays, so the heap cannot simply shrink.
+        let mut blocks: Vec<Vec<u8>> = (0..4096)
+            .map(|i| vec![(i % 251) as u8 + 1; 64 << 10])
+            .collect();
+        let keep = blocks.pop();
+        drop(blocks);
+        let before = rss_bytes();
+        release_free_memory();
+        let after = rss_bytes();
+        assert!(
+            before.saturating_sub(after) > 128 << 20,
+            "RSS {before} -> {after}: the freed blocks stayed resident"
+        );
+        drop(keep);
+    }
+}

@@ -222,6 +222,8 @@ impl Worker {
             match queue::claim_next(&self.pool, self.worker_id, self.settings.lease).await {
                 Ok(Some(job)) => {
                     self.run_job(job).await;
+                    // What the job's steps kept for reuse is idle memory now.
+                    crate::malloc_tuning::release_free_memory();
                     if self.settings.once {
                         return Ok(());
                     }
