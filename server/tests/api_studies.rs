@@ -210,7 +210,26 @@ async fn results_follow_the_chains_with_intervals_differences_and_verdicts() {
     );
     let text = csv.text();
     let header = text.lines().next().expect("header");
-    assert!(header.contains("arm") && header.contains("seed") && header.contains("value"));
+    // The columns in reading order, not alphabetical.
+    assert_eq!(
+        header,
+        "arm,seed,status,pretrain_run,finetune_run,metric,value"
+    );
+    let agg_csv = app
+        .get(&format!(
+            "/api/v1/studies/{id}/export?format=csv&rows=aggregate"
+        ))
+        .await
+        .text();
+    assert_eq!(
+        agg_csv.lines().next().expect("header"),
+        "arm,metric,n,mean,sd,ci_low,ci_high,baseline,diff,diff_ci_low,diff_ci_high,welch_p,prob_improvement"
+    );
+    let wave_acc = agg_csv
+        .lines()
+        .find(|l| l.starts_with("wave,test_acc1,"))
+        .expect("wave's top-1 row");
+    assert!(wave_acc.starts_with("wave,test_acc1,3,"), "{wave_acc}");
     let acc_rows = text.lines().filter(|l| l.contains(",test_acc1,")).count();
     assert_eq!(acc_rows, 6, "{text}");
     let agg = app

@@ -463,32 +463,62 @@ pub async fn export(
     Ok(response)
 }
 
-/// Rows as CSV: the header from the first row's keys, values plain.
+/// Rows as CSV: the header from the first row's fields in their declared
+/// order (arm, metric, n, mean, ... as a reader expects, not alphabetical),
+/// values plain.
 pub fn to_csv<T: Serialize>(rows: &[T]) -> Result<String, serde_json::Error> {
     let mut out = String::new();
     let mut header: Option<Vec<String>> = None;
     for row in rows {
-        let Value::Object(map) = serde_json::to_value(row)? else {
-            continue;
-        };
+        // serde_json::Value sorts an object's keys; the text keeps the
+        // struct's order, and FieldsInOrder reads it back as it is.
+        let FieldsInOrder(fields) = serde_json::from_str(&serde_json::to_string(row)?)?;
         let keys = header.get_or_insert_with(|| {
-            let keys: Vec<String> = map.keys().cloned().collect();
+            let keys: Vec<String> = fields.iter().map(|(k, _)| k.clone()).collect();
             out.push_str(&keys.join(","));
             out.push('\n');
             keys
         });
         let cells: Vec<String> = keys
             .iter()
-            .map(|k| match map.get(k) {
-                None | Some(Value::Null) => String::new(),
-                Some(Value::String(s)) => csv_cell(s),
-                Some(v) => v.to_string(),
-            })
+            .map(
+                |k| match fields.iter().find(|(name, _)| name == k).map(|(_, v)| v) {
+                    None | Some(Value::Null) => String::new(),
+                    Some(Value::String(s)) => csv_cell(s),
+                    Some(v) => v.to_string(),
+                },
+            )
             .collect();
         out.push_str(&cells.join(","));
         out.push('\n');
     }
     Ok(out)
+}
+
+/// A JSON object's fields in the order they were written.
+struct FieldsInOrder(Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for FieldsInOrder {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = FieldsInOrder;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<FieldsInOrder, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Value>()? {
+                    fields.push(entry);
+                }
+                Ok(FieldsInOrder(fields))
+            }
+        }
+        d.deserialize_map(Fields)
+    }
 }
 
 fn csv_cell(s: &str) -> String {
