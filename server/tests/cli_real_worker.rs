@@ -293,6 +293,30 @@ async fn submit_wait_and_a_missed_bar_with_a_real_worker() {
         .trim()
         .to_string();
     let pre_id: uuid::Uuid = pre_id.parse().expect("submit prints the run id first");
+    // `runs show` of the finished run: its duration reads as a duration.
+    let shown = tokio::task::spawn_blocking({
+        let (base, token, id) = (base.clone(), token.clone(), pre_id.to_string());
+        move || {
+            cli(
+                &["runs", "show", &id],
+                &[("MAELAB_URL", &base), ("MAELAB_TOKEN", &token)],
+                Duration::from_secs(30),
+            )
+        }
+    })
+    .await
+    .expect("join");
+    assert_eq!(shown.status.code(), Some(0), "{}", describe(&shown));
+    let shown = String::from_utf8_lossy(&shown.stdout).to_string();
+    let duration = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("duration"))
+        .map(str::trim)
+        .expect("a duration line");
+    assert!(
+        duration.ends_with('s') && duration.trim_end_matches('s').parse::<u64>().is_ok(),
+        "whole seconds with a unit: {shown}"
+    );
 
     let ft = submit(
         tiny_toml("finetune", &data, &format!("parent_run = \"{pre_id}\"")),

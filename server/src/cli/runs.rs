@@ -226,7 +226,13 @@ async fn show(a: ShowArgs) -> anyhow::Result<u8> {
     println!("epochs     {}/{}", s.epochs_done, s.epochs_total);
     println!("best top-1 {}", num(s.best_acc1, 2));
     println!("last loss  {}", num(s.last_loss, 4));
-    println!("duration   {}", num(s.duration_seconds, 1));
+    println!(
+        "duration   {}",
+        s.duration_seconds.map_or_else(
+            || "-".to_string(),
+            |d| crate::http::pages::human_duration(d.round() as i64)
+        )
+    );
     println!("worker     {}", s.worker.as_deref().unwrap_or("-"));
     if let Some(p) = r.queue_position {
         println!("queue      position {p}");
