@@ -9,7 +9,7 @@ mod cli_support;
 
 use std::process::{Output, Stdio};
 
-use api_support::work_one;
+use api_support::{claim_one, sim_epoch, work_one};
 use cli_support::{Server, code, free_port, serve, text, toml_file};
 
 const TINY: &str = r#"
@@ -192,4 +192,64 @@ async fn watch_and_export_a_finished_run() {
     let json = s.run(&["runs", "export", &id, "--format", "json"]).await;
     let rows: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(rows[1]["test_acc1"], 61.0);
+}
+
+#[tokio::test]
+async fn watch_into_a_log_prints_lines_without_a_progress_bar() {
+    use maelab_core::db::metrics::{StepRecord, record_epoch, record_step};
+    use maelab_core::db::queue;
+    let s = serve().await;
+    let file = toml_file(TINY);
+    let out = s.run(&["submit", file.to_str().unwrap()]).await;
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let pool = &s.db.pool;
+    let lease = claim_one(pool).await;
+    let step = |step: i32| StepRecord {
+        epoch: 0,
+        step,
+        progress: f64::from(step) / 10.0,
+        train_loss: 1.0,
+        lr: 1e-3,
+        images_per_second: Some(900.0),
+    };
+    record_step(pool, &lease, &step(3)).await.expect("step");
+    // stderr is a pipe, as in a CI job's log.
+    let child = s
+        .cli(&["watch", &id, "--poll", "0.1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Running with fresh steps for many polls: a terminal would get its bar.
+    for k in 4..10 {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        record_step(pool, &lease, &step(k)).await.expect("step");
+    }
+    record_epoch(pool, &lease, &sim_epoch(0, (0.9, Some(50.0))))
+        .await
+        .expect("epoch");
+    queue::complete(pool, &lease).await.expect("complete");
+    let watched = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(code(&watched), 0, "{}", text(&watched));
+    let err = String::from_utf8_lossy(&watched.stderr);
+    assert!(
+        !err.contains('\x1b') && !err.contains('\r'),
+        "escape codes in a log: {err:?}"
+    );
+    assert!(
+        !err.contains("epoch 1/"),
+        "no progress bar in a log: {err:?}"
+    );
+    assert!(
+        err.contains(": running") && err.contains(": succeeded"),
+        "{err:?}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&watched.stdout).lines().count(),
+        1,
+        "{}",
+        text(&watched)
+    );
 }

@@ -5,7 +5,7 @@
 //! run trains. Exit code as for `submit --wait`.
 
 use std::collections::VecDeque;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use clap::Args;
@@ -194,22 +194,26 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<u8> {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_step: Option<i32> = None;
     let mut err = std::io::stderr();
+    // The bar redraws one line in place: only on a terminal. A CI log gets
+    // the epoch and status lines alone, without escape codes.
+    let live_bar = err.is_terminal();
+    let clear = if live_bar { "\r\x1b[2K" } else { "" };
     loop {
         tokio::select! {
             update = follower.next() => match update? {
                 Some(RunUpdate::Epoch(e)) => {
                     // Clear the progress bar line, then print the epoch.
-                    let _ = write!(err, "\r\x1b[2K");
+                    let _ = write!(err, "{clear}");
                     println!("{}", epoch_line(&e));
                 }
                 Some(RunUpdate::Status(status)) => {
-                    let _ = write!(err, "\r\x1b[2K");
+                    let _ = write!(err, "{clear}");
                     let _ = writeln!(err, "{id}: {status}");
                     run.summary.status = status;
                 }
                 None => break,
             },
-            _ = ticker.tick(), if run.summary.status == "running" => {
+            _ = ticker.tick(), if live_bar && run.summary.status == "running" => {
                 let step_after = last_step.map(|s| format!("&after={s}")).unwrap_or_default();
                 let Ok(steps) = client
                     .get::<Vec<StepRow>>(&format!("/api/v1/runs/{id}/steps?limit=20000{step_after}"))
@@ -236,7 +240,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<u8> {
             }
         }
     }
-    let _ = write!(err, "\r\x1b[2K");
+    let _ = write!(err, "{clear}");
     let finished: RunDetail = client.get(&format!("/api/v1/runs/{id}")).await?;
     judge(&client, &finished, &args.fail_under).await
 }

@@ -229,6 +229,16 @@ pub fn sim_epoch(epoch: i32, (loss, acc1): EpochSpec) -> EpochRecord {
     }
 }
 
+/// Register a simulated worker and claim the next queued job: its lease.
+pub async fn claim_one(pool: &sqlx::PgPool) -> maelab_core::db::queue::Lease {
+    let worker = register_worker(pool, "sim-worker", "test-host").await;
+    maelab_core::db::queue::claim_next(pool, worker, std::time::Duration::from_secs(60))
+        .await
+        .expect("claim")
+        .expect("a queued job")
+        .lease
+}
+
 /// Act as a worker would, through the queue's fenced writes: register, claim
 /// the next job, write `epochs` (and a step per epoch and one reconstruction),
 /// then complete it (`succeed`) or fail it. Returns the claimed run id.
@@ -236,12 +246,7 @@ pub async fn work_one(pool: &sqlx::PgPool, epochs: &[EpochSpec], succeed: bool) 
     use maelab_core::db::artifacts::{NewArtifact, put_artifact};
     use maelab_core::db::metrics::{StepRecord, record_epoch, record_step};
     use maelab_core::db::queue;
-    let worker = register_worker(pool, "sim-worker", "test-host").await;
-    let job = queue::claim_next(pool, worker, std::time::Duration::from_secs(60))
-        .await
-        .expect("claim")
-        .expect("a queued job");
-    let lease = job.lease;
+    let lease = claim_one(pool).await;
     for (i, (loss, acc1)) in epochs.iter().enumerate() {
         let epoch = i32::try_from(i).unwrap();
         record_step(
