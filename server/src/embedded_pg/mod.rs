@@ -20,12 +20,12 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 
 pub use auth::PASSWORD_FILE;
+use auth::Password;
 
 /// The port the cluster last listened on, in the data folder. A restart takes
 /// it again when it is free, so a URL handed out before (a worker's
 /// `database-url`) still reaches the database after the server restarts.
 pub const PORT_FILE: &str = "postgres-port";
-use auth::Password;
 
 /// Role and database the embedded cluster serves.
 const ROLE: &str = "maelab";

@@ -234,7 +234,6 @@ pub async fn not_found() -> Response {
     PageError::NotFound("this page".into()).into_response()
 }
 
-/// Seconds as `1h 02m`, `3m 05s` or `12s`.
 /// A count with thin separators: 296 280.
 pub(crate) fn thousands(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();
@@ -248,6 +247,7 @@ pub(crate) fn thousands(n: i64) -> String {
     if n < 0 { format!("-{out}") } else { out }
 }
 
+/// Seconds as `1h 02m`, `3m 05s` or `12s`.
 pub(crate) fn human_duration(seconds: i64) -> String {
     let (h, m, s) = (seconds / 3600, (seconds % 3600) / 60, seconds % 60);
     if h > 0 {
