@@ -43,7 +43,7 @@ impl Server {
         if let Some(pg) = &embedded {
             // Workers on this host (scripts/start) read the URL from here; it
             // carries the password, so the file is 0600 and ours alone.
-            let path = settings.data_dir.join("database-url");
+            let path = settings.data_dir.join(db::URL_FILE);
             pg.write_url_file(&path)
                 .with_context(|| format!("writing {}", path.display()))?;
         }
@@ -100,7 +100,7 @@ impl Server {
         reaper.abort();
         db.close().await;
         if let Some(pg) = embedded {
-            let _ = std::fs::remove_file(state_data_dir.join("database-url"));
+            let _ = std::fs::remove_file(state_data_dir.join(db::URL_FILE));
             pg.stop()?;
         }
         tracing::info!("stopped");

@@ -18,6 +18,10 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
+/// Where in its data folder `maelab serve` writes the URL of its embedded
+/// PostgreSQL (0600), and where a worker on the same host given no URL reads it.
+pub const URL_FILE: &str = "database-url";
+
 /// The migrations in `migrations/`, compiled in.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 

@@ -105,7 +105,7 @@ fn database_url(given: Option<String>, data_dir: &Path) -> anyhow::Result<String
     if let Some(url) = given.filter(|u| !u.trim().is_empty()) {
         return Ok(url);
     }
-    let path = data_dir.join("database-url");
+    let path = data_dir.join(maelab_core::db::URL_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => match text.trim() {
             "" => anyhow::bail!(
