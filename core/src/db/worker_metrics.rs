@@ -65,7 +65,9 @@ impl From<SampleRow> for StoredSample {
 }
 
 /// Store one sample of `worker_id`, tagged with the run of `job_id` when the
-/// worker has a job, so the run page can chart it.
+/// worker has a job, so the run page can chart it. A sample is a sign of life:
+/// the worker's `last_seen_at` moves with it, which keeps an idle worker (no
+/// lease heartbeat) from reading as lost.
 pub async fn record<'e>(
     db: impl PgExecutor<'e>,
     worker_id: Uuid,
@@ -73,7 +75,8 @@ pub async fn record<'e>(
     sample: &SystemSample,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "insert into worker_sample (worker_id, run_id, cpu_percent, rss_bytes, gpus)
+        "with seen as (update worker set last_seen_at = now() where worker_id = $1)
+         insert into worker_sample (worker_id, run_id, cpu_percent, rss_bytes, gpus)
          values ($1, (select run_id from job where job_id = $2), $3, $4, $5)",
     )
     .bind(worker_id)

@@ -39,16 +39,6 @@ pub async fn register(pool: &PgPool, info: &WorkerInfo) -> Result<Uuid, QueueErr
     Ok(id)
 }
 
-/// Record that the worker is alive while it has no job (heartbeats bump
-/// `last_seen_at` while it has one).
-pub async fn touch(pool: &PgPool, worker_id: Uuid) -> Result<(), QueueError> {
-    sqlx::query("update worker set last_seen_at = now() where worker_id = $1")
-        .bind(worker_id)
-        .execute(pool)
-        .await?;
-    Ok(())
-}
-
 /// Record a clean exit. Idempotent.
 pub async fn mark_stopped(pool: &PgPool, worker_id: Uuid) -> Result<(), QueueError> {
     sqlx::query(

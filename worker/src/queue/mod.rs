@@ -203,6 +203,7 @@ impl Worker {
                     tracing::warn!(error = %e, "reaper pass failed");
                 }
             }
+            // Also marks the worker seen: without a job no lease heartbeat does.
             report_system(
                 &self.hb_pool,
                 self.worker_id,
@@ -211,14 +212,6 @@ impl Worker {
                 self.settings.heartbeat_interval,
             )
             .await;
-            // Without a job no lease heartbeat bumps last_seen_at; without
-            // this an idle worker would read as lost after a minute.
-            let touch = workers::touch(&self.hb_pool, self.worker_id);
-            match tokio::time::timeout(self.settings.heartbeat_interval, touch).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(error = %e, "could not mark the worker seen"),
-                Err(_) => tracing::debug!("marking the worker seen timed out"),
-            }
             match queue::claim_next(&self.pool, self.worker_id, self.settings.lease).await {
                 Ok(Some(job)) => {
                     self.run_job(job).await;
