@@ -344,7 +344,7 @@ async fn submit_wait_and_a_missed_bar_with_a_real_worker() {
 
 /// SIGTERM, then up to 60 s for the process to exit (a server stops its
 /// embedded PostgreSQL on the way out).
-fn terminate(mut p: Proc) {
+async fn terminate(mut p: Proc) {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(p.0.id()).expect("pid fits"));
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -352,7 +352,7 @@ fn terminate(mut p: Proc) {
         if matches!(p.0.try_wait(), Ok(Some(_))) {
             return;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = p.0.kill();
 }
@@ -371,12 +371,13 @@ async fn a_worker_beside_the_server_finds_its_embedded_database_and_keeps_it_acr
     // assertion left running, then removes the folder.
     let data_dir = embedded_pg_support::DataDir::new();
     let scratch = Scratch::new();
-    // initdb and the first start of the embedded cluster come first.
-    let (server, base) = serve(Duration::from_secs(120), |c| {
+    // With the embedded PostgreSQL in data_dir; initdb and the cluster's
+    // first start come before /healthz answers.
+    let embedded = |c: &mut Command| {
         c.env("MAELAB_DATA_DIR", &data_dir.0)
             .env_remove("DATABASE_URL");
-    })
-    .await;
+    };
+    let (server, base) = serve(Duration::from_secs(120), embedded).await;
     assert!(
         data_dir.0.join("database-url").is_file(),
         "the server wrote its URL"
@@ -427,12 +428,8 @@ async fn a_worker_beside_the_server_finds_its_embedded_database_and_keeps_it_acr
 
     // The server restarts, its cluster with it, on the cluster's remembered
     // port: the worker, which read the URL once, goes on heartbeating.
-    terminate(server);
-    let (server, base) = serve(Duration::from_secs(120), |c| {
-        c.env("MAELAB_DATA_DIR", &data_dir.0)
-            .env_remove("DATABASE_URL");
-    })
-    .await;
+    terminate(server).await;
+    let (server, base) = serve(Duration::from_secs(120), embedded).await;
     let up = chrono::Utc::now();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -456,8 +453,8 @@ async fn a_worker_beside_the_server_finds_its_embedded_database_and_keeps_it_acr
         log()
     );
 
-    terminate(worker);
-    terminate(server);
+    terminate(worker).await;
+    terminate(server).await;
     assert!(
         !data_dir.cluster().join("postmaster.pid").exists(),
         "the server stopped its cluster"
