@@ -1,8 +1,9 @@
 //! libtorch functions tch does not bind, from `csrc/torch_ext.cpp` (compiled by
 //! build.rs against the libtorch tch links):
 //! - [`linear`]: `x @ w^T + b` on oneDNN's matmul with its own backward. On
-//!   this project's AMD CPUs libtorch's `linear` runs MKL's AVX2 sgemm path
-//!   while oneDNN uses AVX-512, about twice the fp32 GEMM rate (docs/benchmarks.md);
+//!   AMD CPUs libtorch's `linear` runs MKL's AVX2 sgemm path while oneDNN
+//!   uses AVX-512, 1.1-2.1x the fp32 GEMM rate; on Intel CPUs MKL takes
+//!   AVX-512 itself and stays ([`LinearBackend`], docs/benchmarks.md);
 //! - [`attention`]: multi-head self-attention on oneDNN's batched matmul with
 //!   its own backward, for the CPU, where libtorch's flash kernel is slow at
 //!   CIFAR-sized token counts (docs/benchmarks.md);
@@ -14,7 +15,7 @@
 
 use std::ffi::{CStr, c_int, c_void};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use tch::{Device, Kind, Tensor};
 
@@ -156,13 +157,77 @@ pub fn clear_grad(t: &Tensor) -> Result<(), TorchExtError> {
     check(unsafe { ffi::maelab_ext_clear_grad(ptr(t)) })
 }
 
-/// Off: every Linear uses libtorch's own `linear` (`maelab-worker bench
-/// --linear aten`, for side-by-side measurements).
-static ONEDNN_LINEAR_OFF: AtomicBool = AtomicBool::new(false);
+/// What fp32 Linear layers on the CPU run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinearBackend {
+    /// oneDNN's matmul unless MKL is as fast here ([`onednn_beats_mkl`]).
+    Auto,
+    /// [`linear`], wherever it works.
+    OneDnn,
+    /// libtorch's own `linear` (MKL's sgemm on x86).
+    Libtorch,
+}
 
-/// Switch [`linear`] on or off for the whole process.
-pub fn set_onednn_linear(enabled: bool) {
-    ONEDNN_LINEAR_OFF.store(!enabled, Ordering::Relaxed);
+/// The process-wide [`LinearBackend`], as its index (`Auto` first).
+static LINEAR_BACKEND: AtomicU8 = AtomicU8::new(0);
+
+/// Choose what every fp32 CPU Linear runs on from now on (`maelab-worker
+/// bench --linear`, for side-by-side measurements).
+pub fn set_linear_backend(backend: LinearBackend) {
+    let index = match backend {
+        LinearBackend::Auto => 0,
+        LinearBackend::OneDnn => 1,
+        LinearBackend::Libtorch => 2,
+    };
+    LINEAR_BACKEND.store(index, Ordering::Relaxed);
+}
+
+/// Whether oneDNN's matmul is the faster fp32 GEMM for a CPU of this vendor
+/// (`cpuid`'s vendor string). MKL, behind libtorch's `linear`, picks its
+/// code path by vendor: AVX-512 on Intel, where it ran a step 3-15% faster
+/// than oneDNN (Sapphire Rapids class), and AVX2 on AMD, where oneDNN's
+/// AVX-512 is 1.1-2.1x its 2048² rate (docs/benchmarks.md).
+pub fn onednn_beats_mkl(vendor: &str) -> bool {
+    vendor != "GenuineIntel"
+}
+
+/// This CPU's vendor string ("GenuineIntel", "AuthenticAMD"), empty off x86-64.
+pub fn cpu_vendor() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // Leaf 0 is on every x86-64 CPU: the vendor is EBX, EDX, ECX.
+        let r = std::arch::x86_64::__cpuid(0);
+        let bytes: Vec<u8> = [r.ebx, r.edx, r.ecx]
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        String::new()
+    }
+}
+
+/// Whether fp32 CPU Linear layers go to [`linear`] by the current setting;
+/// `Auto` decides once per process and says so in the log.
+fn onednn_linear_chosen() -> bool {
+    static AUTO: OnceLock<bool> = OnceLock::new();
+    match LINEAR_BACKEND.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => *AUTO.get_or_init(|| {
+            let vendor = cpu_vendor();
+            let onednn = onednn_beats_mkl(&vendor);
+            let on = if onednn {
+                "oneDNN's matmul"
+            } else {
+                "libtorch's linear (MKL)"
+            };
+            tracing::info!("CPU vendor {vendor:?}: fp32 Linear layers run on {on}");
+            onednn
+        }),
+    }
 }
 
 /// Off: attention uses libtorch's `scaled_dot_product_attention` on the CPU
@@ -210,11 +275,11 @@ pub fn onednn_linear_works() -> bool {
 }
 
 /// Whether a Linear on `x` with weights of `weight_kind` goes to [`linear`]:
-/// fp32 on the CPU, switched on, and working here.
+/// fp32 on the CPU, chosen ([`LinearBackend`]), and working here.
 pub fn use_onednn_linear(x: &Tensor, weight_kind: Kind) -> bool {
     x.device() == Device::Cpu
         && x.kind() == Kind::Float
         && weight_kind == Kind::Float
-        && !ONEDNN_LINEAR_OFF.load(Ordering::Relaxed)
+        && onednn_linear_chosen()
         && onednn_linear_works()
 }

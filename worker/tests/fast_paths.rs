@@ -204,10 +204,28 @@ fn onednn_linear_matches_libtorch_linear() {
             );
         }
     }
-    // Only fp32 CPU tensors take the oneDNN path.
+    // Only fp32 CPU tensors take the oneDNN path, and by default only where
+    // MKL does not run AVX-512 itself (this binary never sets the backend).
     let bf16 = randn(&[2, 8]).to_kind(Kind::BFloat16);
     assert!(!torch_ext::use_onednn_linear(&bf16, Kind::Float));
-    assert!(torch_ext::use_onednn_linear(&randn(&[2, 8]), Kind::Float));
+    assert_eq!(
+        torch_ext::use_onednn_linear(&randn(&[2, 8]), Kind::Float),
+        torch_ext::onednn_beats_mkl(&torch_ext::cpu_vendor())
+    );
+}
+
+#[test]
+fn the_default_linear_follows_the_cpu_vendor() {
+    assert!(!torch_ext::onednn_beats_mkl("GenuineIntel"));
+    assert!(torch_ext::onednn_beats_mkl("AuthenticAMD"));
+    let vendor = torch_ext::cpu_vendor();
+    if cfg!(target_arch = "x86_64") {
+        let proc_cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        assert!(
+            proc_cpuinfo.contains(&format!("vendor_id\t: {vendor}")),
+            "cpuid's vendor {vendor:?} is not the one /proc/cpuinfo names"
+        );
+    }
 }
 
 fn config(kind: RunKind, preset: &str) -> RunConfig {

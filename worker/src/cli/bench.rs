@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use maelab_core::config::{ModelKind, Precision, RunConfig, RunConfigInput, RunKind, WaveIn};
 
 use crate::model::flops::{train_flops_per_image, weight_matmuls};
+use crate::torch_ext::LinearBackend;
 use crate::train::matmul_limit::{self, MatmulRates};
 use crate::train::throughput;
 
@@ -68,10 +69,10 @@ pub struct Args {
     /// Pretraining with the frequency-aware loss at this weight (`hf_loss_weight`).
     #[arg(long, default_value_t = 0.0)]
     hf_loss_weight: f64,
-    /// What fp32 Linear layers on the CPU run on: oneDNN's matmul (the
-    /// default, where it works) or libtorch's `linear` (MKL's sgemm), for
-    /// side-by-side measurements.
-    #[arg(long, value_enum, default_value = "onednn")]
+    /// What fp32 Linear layers on the CPU run on: oneDNN's matmul or
+    /// libtorch's `linear` (MKL's sgemm), for side-by-side measurements; by
+    /// default the faster for this CPU's vendor (oneDNN except on Intel).
+    #[arg(long, value_enum, default_value = "auto")]
     linear: LinearArg,
     /// What fp32 self-attention on the CPU runs on: oneDNN's batched matmul
     /// (the default, where it works) or libtorch's
@@ -92,6 +93,7 @@ enum AttentionArg {
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LinearArg {
+    Auto,
     Onednn,
     Libtorch,
 }
@@ -177,7 +179,11 @@ pub fn main(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.threads {
         tch::set_num_threads(n.max(1) as i32);
     }
-    crate::torch_ext::set_onednn_linear(args.linear == LinearArg::Onednn);
+    crate::torch_ext::set_linear_backend(match args.linear {
+        LinearArg::Auto => LinearBackend::Auto,
+        LinearArg::Onednn => LinearBackend::OneDnn,
+        LinearArg::Libtorch => LinearBackend::Libtorch,
+    });
     crate::torch_ext::set_onednn_attention(args.attention == AttentionArg::Onednn);
     let measured = throughput::measure(&config, device, args.warmup, args.steps)?;
     // After the steps, so it shares their conditions without disturbing them.
