@@ -20,7 +20,7 @@ pub struct Report {
     pub cudnn_available: bool,
     pub cpu_threads: i32,
     /// Whether freed memory stays in the heap between steps
-    /// (`crate::malloc_tuning`); false when the user set malloc tunables.
+    /// (`crate::allocator`); false when the user's `MALLOC_CONF` turned purging on.
     pub malloc_tuned: bool,
 }
 
@@ -46,7 +46,7 @@ pub fn report() -> Report {
         cuda_devices,
         cudnn_available: cuda_available && tch::Cuda::cudnn_is_available(),
         cpu_threads: tch::get_num_threads(),
-        malloc_tuned: crate::malloc_tuning::applied(),
+        malloc_tuned: crate::allocator::applied(),
     }
 }
 
@@ -71,9 +71,9 @@ impl std::fmt::Display for Report {
         writeln!(f, "cudnn available:   {}", self.cudnn_available)?;
         writeln!(f, "cpu threads:       {}", self.cpu_threads)?;
         let malloc = if self.malloc_tuned {
-            "freed memory kept in the heap"
+            "jemalloc, freed memory kept between steps"
         } else {
-            "glibc defaults or the user's tunables"
+            "jemalloc, purging as the user's MALLOC_CONF says"
         };
         write!(f, "malloc:            {malloc}")
     }

@@ -36,8 +36,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // Before any thread or tensor exists.
-    maelab_worker::malloc_tuning::keep_freed_memory();
+    maelab_worker::allocator::keep_settings();
     maelab_worker::telemetry::init();
     let cli = Cli::parse();
     let result = match cli.command {

@@ -216,7 +216,7 @@ impl Worker {
                 Ok(Some(job)) => {
                     self.run_job(job).await;
                     // What the job's steps kept for reuse is idle memory now.
-                    crate::malloc_tuning::release_free_memory();
+                    crate::allocator::release_free_memory();
                     if self.settings.once {
                         return Ok(());
                     }
