@@ -5,6 +5,7 @@ pub mod auth;
 pub mod change_clock;
 pub mod cli;
 pub mod embedded_pg;
+pub mod format;
 pub mod http;
 pub mod ingest_writer;
 pub mod live;

@@ -230,7 +230,7 @@ async fn show(a: ShowArgs) -> anyhow::Result<u8> {
         "duration   {}",
         s.duration_seconds.map_or_else(
             || "-".to_string(),
-            |d| crate::http::pages::human_duration(d.round() as i64)
+            |d| crate::format::human_duration(d.round() as i64)
         )
     );
     println!("worker     {}", s.worker.as_deref().unwrap_or("-"));

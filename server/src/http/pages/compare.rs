@@ -14,7 +14,8 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::run::{EpochColumns, is_epoch_key};
-use super::{PageError, Reader, human_duration, render, thousands};
+use super::{PageError, Reader, render};
+use crate::format::{human_duration, thousands};
 use crate::http::AppState;
 use crate::read_model::artifacts::{self, ArtifactInfo};
 use crate::read_model::{RunFilter, RunSummary, metrics, points, runs};

@@ -12,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::Utc;
 
-use super::{PageError, Reader, human_duration, render};
+use super::{PageError, Reader, render};
+use crate::format::human_duration;
 use crate::http::AppState;
 use crate::read_model::queue::{self, QueueEntry};
 use crate::read_model::workers::{self, LOST_AFTER_SECONDS, WorkerView};

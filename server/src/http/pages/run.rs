@@ -13,8 +13,9 @@ use maelab_core::db::runs;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{PageError, PageQuery, Reader, csrf_value, human_duration, render};
+use super::{PageError, PageQuery, Reader, csrf_value, render};
 use crate::auth::{CsrfForm, Submit};
+use crate::format::human_duration;
 use crate::http::AppError;
 use crate::http::security_headers::{artifact_content_type, artifact_disposition};
 use crate::http::{AppState, artifact_body};

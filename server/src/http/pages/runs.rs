@@ -8,7 +8,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
-use super::{PageError, PageQuery, Reader, human_duration, render};
+use super::{PageError, PageQuery, Reader, render};
+use crate::format::human_duration;
 use crate::http::AppState;
 use crate::read_model::runs::list_runs;
 use crate::read_model::{RunFilter, RunSort, RunSummary, SortOrder};

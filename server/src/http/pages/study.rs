@@ -24,8 +24,9 @@ use maelab_core::study::spec::valid_arm_name;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{PageError, Reader, csrf_value, human_duration, render, thousands};
+use super::{PageError, Reader, csrf_value, render};
 use crate::auth::{CsrfForm, Submit};
+use crate::format::{human_duration, thousands};
 use crate::http::api::studies::{StudyDetail, detail};
 use crate::http::{AppError, AppState};
 use crate::read_model::artifacts;
