@@ -189,6 +189,10 @@ async fn compare_offers_the_union_of_the_runs_keys() {
     );
     // The first logged key is overlaid unless the URL names one.
     assert!(html.contains(r#"<option value="train/grad_norm" selected>"#));
+    // The same runs named as one comma-separated `runs`, as people type it.
+    let typed = p.get(&format!("/compare?runs={a},{b},{w}")).await;
+    assert_eq!(typed.status, StatusCode::OK, "{}", typed.text());
+    assert_eq!(options(&typed.text()), options(&html));
     let html = p
         .get(&format!("/compare?run={a}&run={b}&key=val%2Fkl"))
         .await

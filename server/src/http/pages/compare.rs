@@ -68,13 +68,16 @@ async fn show(
 ) -> Result<Response, PageError> {
     let db = &state.db;
     let mut picked: Vec<Uuid> = Vec::new();
-    for (k, v) in &params {
-        if k == "run" {
-            let id =
-                Uuid::parse_str(v.trim()).map_err(|_| PageError::NotFound(format!("run {v}")))?;
-            if !picked.contains(&id) && picked.len() < MAX_RUNS {
-                picked.push(id);
-            }
+    // `run=A&run=B` from the picker's checkboxes; `runs=A,B` as people type it.
+    let named = params.iter().flat_map(|(k, v)| match k.as_str() {
+        "run" => vec![v.as_str()],
+        "runs" => v.split(',').filter(|s| !s.trim().is_empty()).collect(),
+        _ => Vec::new(),
+    });
+    for v in named {
+        let id = Uuid::parse_str(v.trim()).map_err(|_| PageError::NotFound(format!("run {v}")))?;
+        if !picked.contains(&id) && picked.len() < MAX_RUNS {
+            picked.push(id);
         }
     }
     let wanted_epoch: Option<i32> = params
