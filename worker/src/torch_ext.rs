@@ -159,6 +159,7 @@ pub fn clear_grad(t: &Tensor) -> Result<(), TorchExtError> {
 
 /// What fp32 Linear layers on the CPU run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub enum LinearBackend {
     /// oneDNN's matmul unless MKL is as fast here ([`onednn_beats_mkl`]).
     Auto,
@@ -168,18 +169,13 @@ pub enum LinearBackend {
     Libtorch,
 }
 
-/// The process-wide [`LinearBackend`], as its index (`Auto` first).
-static LINEAR_BACKEND: AtomicU8 = AtomicU8::new(0);
+/// The process-wide [`LinearBackend`], as its discriminant.
+static LINEAR_BACKEND: AtomicU8 = AtomicU8::new(LinearBackend::Auto as u8);
 
 /// Choose what every fp32 CPU Linear runs on from now on (`maelab-worker
 /// bench --linear`, for side-by-side measurements).
 pub fn set_linear_backend(backend: LinearBackend) {
-    let index = match backend {
-        LinearBackend::Auto => 0,
-        LinearBackend::OneDnn => 1,
-        LinearBackend::Libtorch => 2,
-    };
-    LINEAR_BACKEND.store(index, Ordering::Relaxed);
+    LINEAR_BACKEND.store(backend as u8, Ordering::Relaxed);
 }
 
 /// Whether oneDNN's matmul is the faster fp32 GEMM for a CPU of this vendor
@@ -214,8 +210,8 @@ pub fn cpu_vendor() -> String {
 fn onednn_linear_chosen() -> bool {
     static AUTO: OnceLock<bool> = OnceLock::new();
     match LINEAR_BACKEND.load(Ordering::Relaxed) {
-        1 => true,
-        2 => false,
+        b if b == LinearBackend::OneDnn as u8 => true,
+        b if b == LinearBackend::Libtorch as u8 => false,
         _ => *AUTO.get_or_init(|| {
             let vendor = cpu_vendor();
             let onednn = onednn_beats_mkl(&vendor);
