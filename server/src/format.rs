@@ -40,7 +40,9 @@ mod tests {
     #[test]
     fn counts_group_by_thousands() {
         assert_eq!(thousands(12), "12");
+        assert_eq!(thousands(999), "999");
         assert_eq!(thousands(296_280), "296\u{202f}280");
+        assert_eq!(thousands(-1_000), "-1\u{202f}000");
         assert_eq!(thousands(-1_234_567), "-1\u{202f}234\u{202f}567");
     }
 }

@@ -51,14 +51,20 @@ async fn token_create_list_revoke() {
     assert_eq!(code(&refused), 3, "{}", text(&refused));
 }
 
-#[tokio::test]
-async fn submit_show_list_export_cancel() {
-    let s = serve().await;
+/// `maelab submit` of the tiny config: it succeeds and prints the run's id.
+async fn submit_tiny(s: &Server) -> String {
     let file = toml_file(TINY);
     let out = s.run(&["submit", file.to_str().unwrap()]).await;
     assert_eq!(code(&out), 0, "{}", text(&out));
     let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     uuid::Uuid::parse_str(&id).unwrap();
+    id
+}
+
+#[tokio::test]
+async fn submit_show_list_export_cancel() {
+    let s = serve().await;
+    let id = submit_tiny(&s).await;
 
     let show = s.run(&["runs", "show", &id]).await;
     assert_eq!(code(&show), 0, "{}", text(&show));
@@ -170,9 +176,7 @@ async fn submit_wait_exit_codes_follow_the_run_and_the_bar() {
 #[tokio::test]
 async fn watch_and_export_a_finished_run() {
     let s = serve().await;
-    let file = toml_file(TINY);
-    let out = s.run(&["submit", file.to_str().unwrap()]).await;
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let id = submit_tiny(&s).await;
     work_one(&s.db.pool, &[(0.9, Some(50.0)), (0.8, Some(61.0))], true).await;
 
     let watch = s.run(&["watch", &id, "--fail-under", "test_acc1=60"]).await;
@@ -199,9 +203,7 @@ async fn watch_into_a_log_prints_lines_without_a_progress_bar() {
     use maelab_core::db::metrics::{StepRecord, record_epoch, record_step};
     use maelab_core::db::queue;
     let s = serve().await;
-    let file = toml_file(TINY);
-    let out = s.run(&["submit", file.to_str().unwrap()]).await;
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let id = submit_tiny(&s).await;
     let pool = &s.db.pool;
     let lease = claim_one(pool).await;
     let step = |step: i32| StepRecord {
