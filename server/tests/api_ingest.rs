@@ -80,6 +80,57 @@ async fn create_is_idempotent_per_client_run_id() {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {err}");
         assert_eq!(err["field"], field, "{bad}: {err}");
     }
+
+    // A client that lost a create's answer asks for the run without making one.
+    let find = |query: &str, token: Option<&str>| {
+        let mut req = Request::get(format!("/api/v1/runs/external{query}"));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        req.body(Body::empty()).unwrap()
+    };
+    let found = app
+        .send(find("?client_run_id=abc-1", Some(&app.token)))
+        .await;
+    assert_eq!(found.status, StatusCode::OK, "{}", found.text());
+    assert_eq!(found.json()["run_id"], run["run_id"]);
+    assert_eq!(found.json()["status"], "running");
+    let (other, _) = maelab_server::auth::tokens::create(&app.db.pool, "other")
+        .await
+        .expect("token");
+    for (query, token, status) in [
+        (
+            "?client_run_id=abc-2",
+            Some(app.token.as_str()),
+            StatusCode::NOT_FOUND,
+        ),
+        // Ids are per token: another token's abc-1 is not this run.
+        (
+            "?client_run_id=abc-1",
+            Some(other.as_str()),
+            StatusCode::NOT_FOUND,
+        ),
+        ("?client_run_id=abc-1", None, StatusCode::UNAUTHORIZED),
+        ("", Some(app.token.as_str()), StatusCode::BAD_REQUEST),
+        (
+            "?client_run_id=%07",
+            Some(app.token.as_str()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "?run=abc-1",
+            Some(app.token.as_str()),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let a = app.send(find(query, token)).await;
+        assert_eq!(a.status, status, "{query}: {}", a.text());
+    }
+    let runs: i64 = sqlx::query_scalar("select count(*) from run")
+        .fetch_one(&app.db.pool)
+        .await
+        .expect("count");
+    assert_eq!(runs, 1, "looking creates nothing");
 }
 
 #[tokio::test]

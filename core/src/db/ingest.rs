@@ -113,6 +113,22 @@ pub struct Created {
     pub new: bool,
 }
 
+/// The run `created_by` created with `client_run_id`, if any.
+pub async fn find(
+    pool: &PgPool,
+    created_by: Option<&str>,
+    client_run_id: &str,
+) -> Result<Option<Uuid>, IngestError> {
+    Ok(sqlx::query_scalar::<_, Uuid>(
+        "select run_id from run where coalesce(created_by, '') = coalesce($1, '')
+         and client_run_id = $2",
+    )
+    .bind(created_by)
+    .bind(client_run_id)
+    .fetch_optional(pool)
+    .await?)
+}
+
 /// Create an external run (status `running`), or find the one this token
 /// created with the same `client_run_id`.
 pub async fn create(
@@ -120,21 +136,9 @@ pub async fn create(
     run: &NewExternalRun,
     created_by: Option<&str>,
 ) -> Result<Created, IngestError> {
-    let find = || async {
-        match &run.client_run_id {
-            Some(id) => sqlx::query_scalar::<_, Uuid>(
-                "select run_id from run where coalesce(created_by, '') = coalesce($1, '')
-                 and client_run_id = $2",
-            )
-            .bind(created_by)
-            .bind(id)
-            .fetch_optional(pool)
-            .await
-            .map_err(IngestError::from),
-            None => Ok(None),
-        }
-    };
-    if let Some(run_id) = find().await? {
+    if let Some(id) = &run.client_run_id
+        && let Some(run_id) = find(pool, created_by, id).await?
+    {
         return Ok(Created { run_id, new: false });
     }
     if let Some(parent) = run.parent_run {
@@ -191,12 +195,12 @@ pub async fn create(
             Ok(Created { run_id, new: true })
         }
         // A concurrent create with the same id won the race.
-        None => find()
-            .await?
-            .map(|run_id| Created { run_id, new: false })
-            .ok_or_else(|| {
-                IngestError::Conflict("the run was created and removed meanwhile".into())
-            }),
+        None => match &run.client_run_id {
+            Some(id) => find(pool, created_by, id).await?,
+            None => None,
+        }
+        .map(|run_id| Created { run_id, new: false })
+        .ok_or_else(|| IngestError::Conflict("the run was created and removed meanwhile".into())),
     }
 }
 

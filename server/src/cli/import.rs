@@ -7,11 +7,15 @@
 //!   every bad line, unless `--skip-bad-lines`.
 //! - Pretraining and finetuning are told apart by the keys (`test_loss` or
 //!   `test_acc1`: finetune); `--pretrain-of RUN` links finetunes only.
-//! - Idempotent: `client_run_id` is `mae-import:` + sha256(folder name +
-//!   log.txt bytes), so the second import of a folder finds the run (200, not
-//!   201) and sends nothing; an import cut short finds its run still running
-//!   and completes it (points are upserts, checkpoints already stored with the
-//!   same sha256 are not sent again).
+//! - Idempotent: `client_run_id` is `mae-log:` + sha256(folder name + the
+//!   log's first line), which stays the same while a training appends epochs,
+//!   so the second import of a folder finds the run (200, not 201) and sends
+//!   nothing; an import cut short, or a `--follow` ([`super::follow`])
+//!   stopped, finds its run still running and completes it (points are
+//!   upserts, checkpoints already stored with the same sha256 are not sent
+//!   again). A finished run whose log has grown since is refused, naming both
+//!   (a finished run takes no more points). Runs imported before this key
+//!   (`mae-import:` + sha256(name + whole log)) are looked up first.
 //! - Points (step = epoch) go in batches of at most 1,000; checkpoints are
 //!   streamed from disk (never unpickled) with their sha256, those over the
 //!   server's artifact limit skipped with a warning; then the run finishes
@@ -29,7 +33,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
 use super::mae_log::{self, Log};
-use super::{Client, Conn, EXIT_OK, EXIT_USAGE};
+use super::{ApiError, Client, Conn, EXIT_OK, EXIT_USAGE};
 use crate::http::api::ingest::MAX_ARTIFACT_BYTES;
 use crate::read_model::artifacts::valid_name;
 
@@ -37,7 +41,7 @@ use crate::read_model::artifacts::valid_name;
 pub const AFTER_HELP: &str = "Exit codes: 0 every folder imported (or imported before: nothing \
 is sent twice); 3 usage error, a folder refused (no log.txt, bad lines without --skip-bad-lines, \
 no epochs, --pretrain-of on a pretraining log: nothing is sent then), a refused request or no \
-connection (a run cut short stays running; import the folder again to complete it).";
+connection (a run cut short stays running; import the folder again to complete it). With --follow: 0 the run finished (--epochs reached, or the command succeeded); the command's own code when it failed (the run is marked failed); 130 interrupted (the run stays running: --follow again resumes it, a plain import finishes it); 3 as above.";
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
@@ -61,16 +65,53 @@ pub struct ImportArgs {
     /// A tag for the runs (repeat for more).
     #[arg(long = "tag", value_name = "T")]
     pub tags: Vec<String>,
+    /// Follow a training while it writes (one folder): the run appears with
+    /// the first epoch and is sent each new one and each checkpoint its
+    /// epoch's record completes, heartbeating between them. It ends with
+    /// --epochs, with the command given after `--`, or when interrupted.
+    #[arg(long)]
+    pub follow: bool,
+    /// With --follow: the training's epochs; the run finishes `succeeded`
+    /// when epoch N-1 is logged.
+    #[arg(long, value_name = "N", requires = "follow", value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64))]
+    pub epochs: Option<u32>,
+    /// With --follow: seconds between looks at the folder (polling works on
+    /// the network filesystems clusters write to).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 5.0,
+        requires = "follow"
+    )]
+    pub poll: f64,
+    /// With --follow: after this many seconds without a new epoch or
+    /// checkpoint the heartbeats stop, so the server marks the run lost (it
+    /// runs again when epochs resume). Not while the command runs.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 7200.0,
+        requires = "follow"
+    )]
+    pub stall: f64,
+    /// With --follow: the run's lost_after_seconds (heartbeats go every
+    /// quarter of it).
+    #[arg(long, value_name = "SECONDS", default_value_t = 600, requires = "follow", value_parser = clap::value_parser!(i32).range(10..=604_800))]
+    pub lost_after: i32,
+    /// With --follow: the training command to run (after `--`); the run
+    /// finishes when it exits, `succeeded` on status 0, else `failed`.
+    #[arg(last = true, value_name = "COMMAND", requires = "follow")]
+    pub command: Vec<String>,
     #[command(flatten)]
     pub conn: Conn,
 }
 
 /// A checkpoint file to upload.
-#[derive(Debug)]
-struct Checkpoint {
-    path: PathBuf,
-    name: String,
-    epoch: Option<i32>,
+#[derive(Debug, Clone)]
+pub(super) struct Checkpoint {
+    pub path: PathBuf,
+    pub name: String,
+    pub epoch: Option<i32>,
 }
 
 /// A folder read and checked, ready to send.
@@ -81,6 +122,7 @@ struct Folder {
     log: Log,
     log_sha256: String,
     client_run_id: String,
+    legacy_client_run_id: String,
     checkpoints: Vec<Checkpoint>,
 }
 
@@ -94,8 +136,21 @@ impl Folder {
     }
 }
 
-/// The idempotency key of a folder: the same name and log, the same run.
+/// The idempotency key of a folder's run: its name and its log's first line
+/// (without the line end), which a training appending epochs leaves alone,
+/// so a log imported again grown, or followed, finds the same run.
 pub fn client_run_id(folder_name: &str, log: &[u8]) -> String {
+    let first = log.split(|b| *b == b'\n').next().unwrap_or_default();
+    let first = first.strip_suffix(b"\r").unwrap_or(first);
+    let mut h = Sha256::new();
+    h.update(folder_name.as_bytes());
+    h.update(b"\n");
+    h.update(first);
+    format!("mae-log:{}", hex::encode(h.finalize()))
+}
+
+/// The key imports used before [`client_run_id`]: the name and the whole log.
+fn legacy_client_run_id(folder_name: &str, log: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update(folder_name.as_bytes());
     h.update(log);
@@ -159,6 +214,7 @@ fn prepare(dir: &Path, a: &ImportArgs) -> anyhow::Result<Folder> {
     Ok(Folder {
         dir: dir.to_path_buf(),
         client_run_id: client_run_id(&folder_name, &bytes),
+        legacy_client_run_id: legacy_client_run_id(&folder_name, &bytes),
         name: a.name.clone().unwrap_or(folder_name),
         log_sha256: hex::encode(Sha256::digest(&bytes)),
         log,
@@ -168,7 +224,7 @@ fn prepare(dir: &Path, a: &ImportArgs) -> anyhow::Result<Folder> {
 
 /// The folder's `checkpoint-*.pth` files in epoch order, less those the
 /// server would refuse (warned about).
-fn checkpoints(canonical: &Path, shown: &Path) -> anyhow::Result<Vec<Checkpoint>> {
+pub(super) fn checkpoints(canonical: &Path, shown: &Path) -> anyhow::Result<Vec<Checkpoint>> {
     let mut found = Vec::new();
     for entry in
         std::fs::read_dir(canonical).with_context(|| format!("listing {}", shown.display()))?
@@ -274,6 +330,14 @@ pub async fn run(a: ImportArgs) -> anyhow::Result<u8> {
         .as_deref()
         .map(|r| super::runs::parse_id(r, "run"))
         .transpose()?;
+    if a.follow {
+        if a.dirs.len() > 1 {
+            bail!("--follow follows one folder: start one `maelab import --follow` per training");
+        }
+        let client = writer(&a).await?;
+        check_parent(&client, parent).await?;
+        return super::follow::run(&a, &client, parent).await;
+    }
     let mut folders = Vec::new();
     let mut refused = 0;
     for dir in &a.dirs {
@@ -293,18 +357,8 @@ pub async fn run(a: ImportArgs) -> anyhow::Result<u8> {
         );
         return Ok(EXIT_USAGE);
     }
-    if a.conn.token.as_deref().is_none_or(str::is_empty) {
-        bail!(
-            "an import writes runs: set MAELAB_TOKEN or --token (maelab token create --name import)"
-        );
-    }
-    let client = Client::new(&a.conn)?;
-    if let Some(p) = parent {
-        client
-            .get::<Value>(&format!("/api/v1/runs/{p}"))
-            .await
-            .with_context(|| format!("--pretrain-of {p}"))?;
-    }
+    let client = writer(&a).await?;
+    check_parent(&client, parent).await?;
     let mut failed = 0;
     for f in &folders {
         match import(&client, f, &a.tags, parent).await {
@@ -316,6 +370,126 @@ pub async fn run(a: ImportArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(if failed > 0 { EXIT_USAGE } else { EXIT_OK })
+}
+
+/// A client that may write: imports need a token.
+async fn writer(a: &ImportArgs) -> anyhow::Result<Client> {
+    if a.conn.token.as_deref().is_none_or(str::is_empty) {
+        bail!(
+            "an import writes runs: set MAELAB_TOKEN or --token (maelab token create --name import)"
+        );
+    }
+    Client::new(&a.conn)
+}
+
+/// `--pretrain-of` names a run the server has.
+async fn check_parent(client: &Client, parent: Option<uuid::Uuid>) -> anyhow::Result<()> {
+    if let Some(p) = parent {
+        client
+            .get::<Value>(&format!("/api/v1/runs/{p}"))
+            .await
+            .with_context(|| format!("--pretrain-of {p}"))?;
+    }
+    Ok(())
+}
+
+/// A folder's run as the server has it: created now, or found.
+pub(super) struct OpenRun {
+    pub id: uuid::Uuid,
+    /// The run as the server answered (a found run's status, epochs, parent).
+    pub run: Value,
+    pub created: bool,
+}
+
+/// The run this token imported under `legacy_key` before, if any.
+async fn find_legacy(client: &Client, legacy_key: &str) -> anyhow::Result<Option<Value>> {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    q.append_pair("client_run_id", legacy_key);
+    match client
+        .get::<Value>(&format!("/api/v1/runs/external?{}", q.finish()))
+        .await
+    {
+        Ok(run) => Ok(Some(run)),
+        Err(e)
+            if e.downcast_ref::<ApiError>()
+                .is_some_and(|a| a.status == 404) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e.context("looking for an earlier import")),
+    }
+}
+
+/// Create the run `body` describes, or find the one created before with its
+/// `client_run_id` (or, first, with `legacy_key`).
+pub(super) async fn open_run(
+    client: &Client,
+    body: &Value,
+    legacy_key: Option<&str>,
+) -> anyhow::Result<OpenRun> {
+    let found = match legacy_key {
+        Some(k) => find_legacy(client, k).await?,
+        None => None,
+    };
+    let (created, run) = match found {
+        Some(run) => (false, run),
+        None => {
+            let (status, run): (u16, Value) = client
+                .post_status("/api/v1/runs/external", body)
+                .await
+                .context("creating the run")?;
+            (status == 201, run)
+        }
+    };
+    let id = run["run_id"]
+        .as_str()
+        .and_then(|s| uuid::Uuid::parse_str(s).ok())
+        .context("the server's answer has no run_id")?;
+    Ok(OpenRun { id, run, created })
+}
+
+/// What a run found again asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Again {
+    /// Running (cut short, or followed and stopped) or lost: send the rest.
+    Complete,
+    /// Finished with every epoch the log has: nothing to send.
+    Done,
+}
+
+/// Decide about a run found again for a log with `epochs` epochs; a run
+/// that cannot take what the log has now is the error.
+pub(super) fn again(
+    run: &Value,
+    epochs: usize,
+    dir: &Path,
+    parent: Option<uuid::Uuid>,
+) -> anyhow::Result<Again> {
+    let id = run["run_id"].as_str().unwrap_or("?");
+    match run["status"].as_str().unwrap_or("") {
+        "succeeded" => {
+            let had_epochs = run["epochs_done"].as_u64().unwrap_or(0);
+            if had_epochs < epochs as u64 {
+                bail!(
+                    "run {id}, imported from this folder when its log had {had_epochs} epoch{},                      is finished and takes no more; log.txt has {epochs} now (`maelab import                      --follow` keeps a run open while a training writes)",
+                    if had_epochs == 1 { "" } else { "s" }
+                );
+            }
+            let had = run["parent_run_id"].as_str().map(str::to_string);
+            if had != parent.map(|p| p.to_string()) {
+                eprintln!(
+                    "warning: {}: imported before with parent {}; left unchanged",
+                    dir.display(),
+                    had.as_deref().unwrap_or("none")
+                );
+            }
+            Ok(Again::Done)
+        }
+        "running" | "lost" => Ok(Again::Complete),
+        other => {
+            bail!("run {id}, imported from this folder before, is {other} and takes no more writes")
+        }
+    }
 }
 
 /// Send one folder; the summary line.
@@ -339,44 +513,82 @@ async fn import(
             "epochs": f.log.last_epoch().map_or(1, |e| u64::from(e) + 1),
         },
     });
-    let (status, run): (u16, Value) = client
-        .post_status("/api/v1/runs/external", &body)
-        .await
-        .context("creating the run")?;
-    let id = run["run_id"]
-        .as_str()
-        .and_then(|s| uuid::Uuid::parse_str(s).ok())
-        .context("the server's answer has no run_id")?;
-    let resumed = status == 200;
-    if resumed {
-        match run["status"].as_str().unwrap_or("") {
-            "succeeded" => {
-                let had = run["parent_run_id"].as_str().map(str::to_string);
-                if had != parent.map(|p| p.to_string()) {
-                    eprintln!(
-                        "warning: {}: imported before with parent {}; left unchanged",
-                        f.dir.display(),
-                        had.as_deref().unwrap_or("none")
-                    );
-                }
+    let OpenRun { id, run, created } =
+        open_run(client, &body, Some(&f.legacy_client_run_id)).await?;
+    if !created {
+        match again(&run, f.log.epochs(), &f.dir, parent)? {
+            Again::Done => {
                 return Ok(format!(
                     "{id}  {}  already imported  {}",
                     f.kind(),
                     f.dir.display()
                 ));
             }
-            "running" | "lost" => eprintln!(
+            Again::Complete => eprintln!(
                 "{}: run {id} was imported partly before; completing it",
                 f.dir.display()
             ),
-            other => bail!(
-                "run {id}, imported from this folder before, is {other} and takes no more writes"
-            ),
         }
     }
-    send(client, f, id, resumed)
+    send(client, f, id, !created)
         .await
         .with_context(|| format!("run {id} stays running until the same import completes it"))
+}
+
+/// (name, sha256) of the checkpoints stored for run `id`.
+pub(super) async fn stored_checkpoints(
+    client: &Client,
+    id: uuid::Uuid,
+) -> anyhow::Result<HashSet<(String, String)>> {
+    let list: Vec<Value> = client
+        .get(&format!("/api/v1/runs/{id}/artifacts?kind=checkpoint"))
+        .await?;
+    Ok(list
+        .iter()
+        .filter_map(|a| {
+            Some((
+                a["name"].as_str()?.to_string(),
+                a["sha256"].as_str()?.to_string(),
+            ))
+        })
+        .collect())
+}
+
+/// Upload one checkpoint unless `stored` has it with the same digest or it
+/// grew past the server's limit (warned about); whether it was sent.
+pub(super) async fn upload_checkpoint(
+    client: &Client,
+    id: uuid::Uuid,
+    c: &Checkpoint,
+    stored: &HashSet<(String, String)>,
+) -> anyhow::Result<bool> {
+    let (sha256, len) = sha256_file(&c.path).await?;
+    if stored.contains(&(c.name.clone(), sha256.clone())) {
+        return Ok(false);
+    }
+    if len > MAX_ARTIFACT_BYTES as u64 {
+        eprintln!(
+            "warning: skipping {}: it grew past the server's limit per artifact",
+            c.path.display()
+        );
+        return Ok(false);
+    }
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    q.append_pair("kind", "checkpoint");
+    if let Some(e) = c.epoch {
+        q.append_pair("epoch", &e.to_string());
+    }
+    q.append_pair("sha256", &sha256);
+    client
+        .put_stream::<Value>(
+            &format!("/api/v1/runs/{id}/artifacts/{}?{}", c.name, q.finish()),
+            file_body(&c.path).await?,
+            len,
+            "application/octet-stream",
+        )
+        .await
+        .with_context(|| format!("uploading {}", c.path.display()))?;
+    Ok(true)
 }
 
 /// Points, checkpoints, finish.
@@ -401,48 +613,13 @@ async fn send(
             .with_context(|| format!("sending points (batch {})", i + 1))?;
     }
     let distinct: HashSet<(&str, u32)> = points.iter().map(|p| (p.key, p.step)).collect();
-    let stored: HashSet<(String, String)> = if resumed && !f.checkpoints.is_empty() {
-        let list: Vec<Value> = client
-            .get(&format!("/api/v1/runs/{id}/artifacts?kind=checkpoint"))
-            .await?;
-        list.iter()
-            .filter_map(|a| {
-                Some((
-                    a["name"].as_str()?.to_string(),
-                    a["sha256"].as_str()?.to_string(),
-                ))
-            })
-            .collect()
+    let stored = if resumed && !f.checkpoints.is_empty() {
+        stored_checkpoints(client, id).await?
     } else {
         HashSet::new()
     };
     for c in &f.checkpoints {
-        let (sha256, len) = sha256_file(&c.path).await?;
-        if stored.contains(&(c.name.clone(), sha256.clone())) {
-            continue;
-        }
-        if len > MAX_ARTIFACT_BYTES as u64 {
-            eprintln!(
-                "warning: skipping {}: it grew past the server's limit per artifact",
-                c.path.display()
-            );
-            continue;
-        }
-        let mut q = form_urlencoded::Serializer::new(String::new());
-        q.append_pair("kind", "checkpoint");
-        if let Some(e) = c.epoch {
-            q.append_pair("epoch", &e.to_string());
-        }
-        q.append_pair("sha256", &sha256);
-        client
-            .put_stream::<Value>(
-                &format!("/api/v1/runs/{id}/artifacts/{}?{}", c.name, q.finish()),
-                file_body(&c.path).await?,
-                len,
-                "application/octet-stream",
-            )
-            .await
-            .with_context(|| format!("uploading {}", c.path.display()))?;
+        upload_checkpoint(client, id, c, &stored).await?;
     }
     client
         .post::<_, Value>(
@@ -466,12 +643,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_client_run_id_is_the_folder_name_and_log_hashed() {
+    fn the_client_run_id_is_the_folder_name_and_first_line_hashed() {
         let a = client_run_id("out", b"{\"epoch\": 0}\n");
-        assert!(a.starts_with("mae-import:"));
-        assert_eq!(a.len(), "mae-import:".len() + 64);
-        assert_eq!(a, client_run_id("out", b"{\"epoch\": 0}\n"));
+        assert!(a.starts_with("mae-log:"));
+        assert_eq!(a.len(), "mae-log:".len() + 64);
+        // A log that grew, or whose first line is still being written, or
+        // was written on Windows, is the same run.
+        for same in [
+            &b"{\"epoch\": 0}\n{\"epoch\": 1}\n"[..],
+            b"{\"epoch\": 0}",
+            b"{\"epoch\": 0}\r\n{\"epoch\": 1}\r\n",
+        ] {
+            assert_eq!(a, client_run_id("out", same));
+        }
         assert_ne!(a, client_run_id("out2", b"{\"epoch\": 0}\n"));
         assert_ne!(a, client_run_id("out", b"{\"epoch\": 1}\n"));
+        // Name and line are kept apart: moving a byte across is another run.
+        assert_ne!(client_run_id("ab", b"c\n"), client_run_id("a", b"bc\n"));
+    }
+
+    #[test]
+    fn the_legacy_key_hashes_the_whole_log() {
+        let a = legacy_client_run_id("out", b"{\"epoch\": 0}\n");
+        assert!(a.starts_with("mae-import:"));
+        assert_ne!(
+            a,
+            legacy_client_run_id("out", b"{\"epoch\": 0}\n{\"epoch\": 1}\n")
+        );
     }
 }

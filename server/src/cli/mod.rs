@@ -15,6 +15,7 @@
 
 mod artifacts;
 mod client;
+mod follow;
 mod import;
 pub mod mae_log;
 mod runs;

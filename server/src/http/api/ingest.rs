@@ -158,6 +158,32 @@ pub async fn create(
     Ok(response)
 }
 
+/// `GET /api/v1/runs/external`'s query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FindQuery {
+    #[serde(default)]
+    pub client_run_id: Option<String>,
+}
+
+/// `GET /api/v1/runs/external?client_run_id=ID`: the run this token created
+/// with that id (404 when none), so a client can tell whether a create it
+/// lost the answer to went through without creating one.
+pub async fn find(
+    Access { token, .. }: Access<Submit>,
+    State(state): State<AppState>,
+    StrictQuery(q): StrictQuery<FindQuery>,
+) -> Result<Json<RunDetail>, AppError> {
+    let Some(id) = q.client_run_id else {
+        return Err(AppError::bad_request("client_run_id", "is required"));
+    };
+    printable("client_run_id", &id, 200)?;
+    let run_id = ingest::find(&state.db, Some(&token.name), &id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("run with client_run_id {id:?}")))?;
+    Ok(Json(detail(&state, run_id).await?))
+}
+
 /// One point of a batch.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

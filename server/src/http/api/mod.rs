@@ -515,6 +515,22 @@ pub static INGEST_ROUTES: &[ApiRoute] = &[
         handler: |m| on(m, ingest::create),
     },
     ApiRoute {
+        verb: Verb::Get,
+        path: "/api/v1/runs/external",
+        operation_id: "findExternalRun",
+        summary: "The run this token created with client_run_id (404 when none); creates nothing.",
+        write: true,
+        query: &[QueryParam {
+            name: "client_run_id",
+            schema: || json!({"type": "string", "minLength": 1, "maxLength": 200}),
+            description: "The id given when the run was created (required).",
+        }],
+        body: None,
+        ok: (200, "application/json", || s_ref("RunDetail")),
+        errors: &[404, 422],
+        handler: |m| on(m, ingest::find),
+    },
+    ApiRoute {
         verb: Verb::Post,
         path: "/api/v1/runs/{run_id}/metrics",
         operation_id: "logMetrics",
