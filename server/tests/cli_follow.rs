@@ -59,13 +59,22 @@ fn follow(s: &Server, args: &[&str]) -> Child {
         .unwrap()
 }
 
-async fn finished(child: Child) -> Output {
-    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap()
+/// The follower's end (killed, failing the test, after 30 s).
+async fn finished(mut child: Child) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            panic!("the follow did not end: {}", text(&o));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.wait_with_output().unwrap()
 }
 
-/// The one run's state once `pred` holds (30 s at most).
+/// The first run (in the list's order) whose state satisfies `pred`, once
+/// one does (30 s at most).
 async fn run_when(s: &Server, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -80,17 +89,9 @@ async fn run_when(s: &Server, pred: impl Fn(&Value) -> bool) -> Value {
             .or_else(|| list["runs"].as_array())
             .cloned()
             .unwrap_or_default();
-        if let [run] = runs.as_slice() {
-            let detail: Value = reqwest::get(format!(
-                "{}/api/v1/runs/{}",
-                s.url,
-                run["run_id"].as_str().unwrap()
-            ))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        for run in &runs {
+            let url = format!("{}/api/v1/runs/{}", s.url, run["run_id"].as_str().unwrap());
+            let detail: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
             if pred(&detail) {
                 return detail;
             }
@@ -230,6 +231,51 @@ async fn the_command_it_runs_finishes_the_run_with_its_status() {
     assert_eq!(run["epochs_done"], 2);
     std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
 
+    // A SIGTERM to maelab goes on to the command, which decides how to end.
+    let dir = empty_folder("mae-term");
+    let script = format!(
+        // Bounded, so a follower that failed to pass the signal on leaves no loop behind.
+        "trap 'exit 5' TERM; printf '%s' '{}' >> log.txt; i=0; \
+         while [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
+        line(0)
+    );
+    let mut c = s.cli(&[
+        "import",
+        "--follow",
+        "--poll",
+        "0.05",
+        arg(&dir),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let child = c
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id =
+        run_when(&s, |r| r["name"] == "mae-term" && r["epochs_done"] == 1).await["run_id"].clone();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let o = finished(child).await;
+    assert_eq!(code(&o), 5, "{}", text(&o));
+    let run = run_when(&s, |r| r["run_id"] == id).await;
+    assert_eq!(run["status"], "failed");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap()
+            .contains("exited with status 5"),
+        "{run}"
+    );
+    std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+
     // A command that ends without writing a record imports nothing.
     let dir = empty_folder("mae-nothing");
     let o = s
@@ -237,7 +283,7 @@ async fn the_command_it_runs_finishes_the_run_with_its_status() {
         .await;
     assert_eq!(code(&o), 3, "{}", text(&o));
     assert!(stderr(&o).contains("nothing imported"), "{}", text(&o));
-    assert_eq!(s.count("run").await, 1);
+    assert_eq!(s.count("run").await, 2);
     std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
 }
 

@@ -23,6 +23,7 @@
 //!   following again resumes the run and a plain import finishes it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant, SystemTime};
@@ -464,7 +465,6 @@ fn stamp(c: &Checkpoint) -> Option<(u64, SystemTime)> {
 
 /// 128 + the signal, or the status code, as a shell reports it.
 fn exit_code(status: ExitStatus) -> u8 {
-    use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(c), _) => u8::try_from(c.clamp(0, 255)).unwrap_or(u8::MAX),
         (None, Some(s)) => u8::try_from((128 + s).clamp(0, 255)).unwrap_or(u8::MAX),
@@ -579,9 +579,10 @@ pub async fn run(
                 format!(
                     "`{}` exited with {}",
                     a.command.join(" "),
-                    match status.code() {
-                        Some(c) => format!("status {c}"),
-                        None => "a signal".into(),
+                    match (status.code(), status.signal()) {
+                        (Some(c), _) => format!("status {c}"),
+                        (None, Some(s)) => format!("signal {s}"),
+                        (None, None) => "an unknown status".into(),
                     }
                 )
             });
@@ -693,7 +694,6 @@ mod tests {
 
     #[test]
     fn exit_codes_are_the_shells() {
-        use std::os::unix::process::ExitStatusExt;
         assert_eq!(exit_code(ExitStatus::from_raw(0)), 0);
         assert_eq!(exit_code(ExitStatus::from_raw(7 << 8)), 7);
         assert_eq!(exit_code(ExitStatus::from_raw(9)), 137);
