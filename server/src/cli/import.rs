@@ -81,7 +81,8 @@ pub struct ImportArgs {
         long,
         value_name = "SECONDS",
         default_value_t = 5.0,
-        requires = "follow"
+        requires = "follow",
+        value_parser = super::parse_seconds
     )]
     pub poll: f64,
     /// With --follow: after this many seconds without a new epoch or
@@ -91,7 +92,8 @@ pub struct ImportArgs {
         long,
         value_name = "SECONDS",
         default_value_t = 7200.0,
-        requires = "follow"
+        requires = "follow",
+        value_parser = super::parse_seconds
     )]
     pub stall: f64,
     /// With --follow: the run's lost_after_seconds (heartbeats go every

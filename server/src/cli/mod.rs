@@ -40,6 +40,18 @@ pub const EXIT_BAR_MISSED: u8 = 2;
 /// Usage error, invalid config, refused request or no connection.
 pub const EXIT_USAGE: u8 = 3;
 
+/// A `--poll`-like number of seconds: finite and not negative (a NaN would
+/// reach `Duration::from_secs_f64`, which panics on it).
+pub fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        Ok(v) => Err(format!(
+            "{v} is not a number of seconds (finite, 0 or more)"
+        )),
+        Err(e) => Err(format!("not a number: {e}")),
+    }
+}
+
 /// Where the server is and who we are.
 #[derive(Debug, Clone, Args)]
 pub struct Conn {
@@ -108,5 +120,45 @@ pub async fn run(command: ClientCommand) -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::from(EXIT_USAGE)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_are_finite_and_not_negative() {
+        assert_eq!(parse_seconds("0.05"), Ok(0.05));
+        assert_eq!(parse_seconds("0"), Ok(0.0));
+        for bad in ["nan", "inf", "-1", "1e999", "5s", ""] {
+            assert!(parse_seconds(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_nan_poll_is_a_usage_error() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            command: ClientCommand,
+        }
+        for args in [
+            &["maelab", "submit", "run.toml", "--poll", "nan"][..],
+            &["maelab", "study", "submit", "s.toml", "--poll", "NaN"],
+            &["maelab", "import", "d", "--follow", "--poll=-1"],
+            &["maelab", "import", "d", "--follow", "--stall", "inf"],
+        ] {
+            let e = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{args:?}: {e}"
+            );
+        }
+        assert!(
+            Cli::try_parse_from(["maelab", "import", "d", "--follow", "--poll", "0.5"]).is_ok()
+        );
     }
 }

@@ -26,7 +26,7 @@ pub struct SubmitArgs {
     pub fail_under: Vec<Bar>,
     /// Seconds between two looks at the run while waiting, if its event
     /// stream is unavailable (the stream is followed otherwise).
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 5.0, value_parser = super::parse_seconds)]
     pub poll: f64,
     #[command(flatten)]
     pub conn: Conn,
