@@ -147,6 +147,7 @@ mod tests {
         for args in [
             &["maelab", "submit", "run.toml", "--poll", "nan"][..],
             &["maelab", "study", "submit", "s.toml", "--poll", "NaN"],
+            &["maelab", "watch", "r", "--poll", "nan"],
             &["maelab", "import", "d", "--follow", "--poll=-1"],
             &["maelab", "import", "d", "--follow", "--stall", "inf"],
         ] {

@@ -26,7 +26,7 @@ pub struct WatchArgs {
     pub fail_under: Vec<Bar>,
     /// Seconds between two refreshes of the progress bar (and between two
     /// looks at the run if its event stream is unavailable).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = super::parse_seconds)]
     pub poll: f64,
     #[command(flatten)]
     pub conn: Conn,
