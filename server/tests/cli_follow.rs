@@ -140,6 +140,8 @@ async fn follows_a_training_epoch_by_epoch_until_its_last_epoch() {
     // Started before the training wrote anything.
     let child = follow(&s, &[arg(&dir), "--epochs", "3", "--tag", "live"]);
 
+    // A file the server would refuse is warned about once, not at every look.
+    std::fs::write(dir.join("checkpoint-x y.pth"), b"x").unwrap();
     // Epoch 0 whole, epoch 1's line half written: the run has one epoch.
     let ck0 = write_checkpoint(&dir, 0, 3000);
     let first = line(0);
@@ -172,6 +174,12 @@ async fn follows_a_training_epoch_by_epoch_until_its_last_epoch() {
     assert_eq!(code(&o), 0, "{}", text(&o));
     assert!(
         stdout(&o).contains(&format!("{id}  succeeded  3 epochs  2 checkpoints")),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(stderr(&o).matches("skipping").count(), 1, "{}", text(&o));
+    assert!(
+        stderr(&o).contains("checkpoint-x y.pth: not a name the server stores"),
         "{}",
         text(&o)
     );

@@ -137,6 +137,8 @@ struct Follower<'a> {
     seen: HashMap<String, (u64, SystemTime)>,
     reported: HashSet<(usize, usize)>,
     noted: HashSet<String>,
+    /// Checkpoints warned about (skipped).
+    warned: HashSet<String>,
     last_change: Instant,
     last_beat: Instant,
     epochs_sent: BTreeSet<u32>,
@@ -176,6 +178,7 @@ impl<'a> Follower<'a> {
             seen: HashMap::new(),
             reported: HashSet::new(),
             noted: HashSet::new(),
+            warned: HashSet::new(),
             last_change: now,
             last_beat: now,
             epochs_sent: BTreeSet::new(),
@@ -380,7 +383,14 @@ impl<'a> Follower<'a> {
             return Ok(());
         }
         let last = log.last_epoch();
-        for c in import::checkpoints(&self.dir, &self.shown)? {
+        let warned = &mut self.warned;
+        let found = import::checkpoints(&self.dir, &self.shown, &mut |name, why| {
+            // Once per file, not at every look.
+            if warned.insert(name.to_string()) {
+                eprintln!("warning: {why}");
+            }
+        })?;
+        for c in found {
             let Some(stamp) = stamp(&c) else { continue };
             if self.seen.insert(c.name.clone(), stamp) != Some(stamp) {
                 self.last_change = Instant::now();

@@ -211,7 +211,7 @@ fn prepare(dir: &Path, a: &ImportArgs) -> anyhow::Result<Folder> {
     let checkpoints = if a.no_checkpoints {
         Vec::new()
     } else {
-        checkpoints(&canonical, dir)?
+        checkpoints(&canonical, dir, &mut |_, why| eprintln!("warning: {why}"))?
     };
     Ok(Folder {
         dir: dir.to_path_buf(),
@@ -226,7 +226,12 @@ fn prepare(dir: &Path, a: &ImportArgs) -> anyhow::Result<Folder> {
 
 /// The folder's `checkpoint-*.pth` files in epoch order, less those the
 /// server would refuse (warned about).
-pub(super) fn checkpoints(canonical: &Path, shown: &Path) -> anyhow::Result<Vec<Checkpoint>> {
+/// `skip` hears each file left out: its name and why.
+pub(super) fn checkpoints(
+    canonical: &Path,
+    shown: &Path,
+    skip: &mut dyn FnMut(&str, String),
+) -> anyhow::Result<Vec<Checkpoint>> {
     let mut found = Vec::new();
     for entry in
         std::fs::read_dir(canonical).with_context(|| format!("listing {}", shown.display()))?
@@ -245,18 +250,24 @@ pub(super) fn checkpoints(canonical: &Path, shown: &Path) -> anyhow::Result<Vec<
         }
         let path = shown.join(&name);
         if !valid_name(&name) {
-            eprintln!(
-                "warning: skipping {}: not a name the server stores (letters, digits, `.`, `_`, `-`)",
-                path.display()
+            skip(
+                &name,
+                format!(
+                    "skipping {}: not a name the server stores (letters, digits, `.`, `_`, `-`)",
+                    path.display()
+                ),
             );
             continue;
         }
         if meta.len() > MAX_ARTIFACT_BYTES as u64 {
-            eprintln!(
-                "warning: skipping {}: {} MiB is over the server's limit of {} MiB per artifact",
-                path.display(),
-                meta.len().div_ceil(1 << 20),
-                MAX_ARTIFACT_BYTES >> 20
+            skip(
+                &name,
+                format!(
+                    "skipping {}: {} MiB is over the server's limit of {} MiB per artifact",
+                    path.display(),
+                    meta.len().div_ceil(1 << 20),
+                    MAX_ARTIFACT_BYTES >> 20
+                ),
             );
             continue;
         }
