@@ -173,7 +173,9 @@ async fn follows_a_training_epoch_by_epoch_until_its_last_epoch() {
     let o = finished(child).await;
     assert_eq!(code(&o), 0, "{}", text(&o));
     assert!(
-        stdout(&o).contains(&format!("{id}  succeeded  3 epochs  2 checkpoints")),
+        stdout(&o).contains(&format!(
+            "{id}  succeeded  3 epochs  2 checkpoints uploaded"
+        )),
         "{}",
         text(&o)
     );
@@ -325,6 +327,11 @@ async fn an_interrupted_follow_resumes_and_a_plain_import_finishes_it() {
     assert!(
         stderr(&o).contains("was followed or imported partly before"),
         "{}",
+        text(&o)
+    );
+    assert!(
+        stderr(&o).contains("epochs 0-1 (2)"),
+        "what came meanwhile goes in one look: {}",
         text(&o)
     );
     assert!(

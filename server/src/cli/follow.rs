@@ -361,8 +361,13 @@ impl<'a> Follower<'a> {
                 .map(|((_, e), _)| *e)
                 .filter(|e| !self.epochs_sent.contains(e))
                 .collect();
-            for e in &new_epochs {
-                eprintln!("run {id}: epoch {e}");
+            // One line per look: a resumed follow sends hundreds at once.
+            match (new_epochs.first(), new_epochs.last()) {
+                (Some(a), Some(b)) if a == b => eprintln!("run {id}: epoch {a}"),
+                (Some(a), Some(b)) => {
+                    eprintln!("run {id}: epochs {a}-{b} ({})", new_epochs.len());
+                }
+                _ => {}
             }
             self.epochs_sent.extend(new_epochs);
             self.sent
@@ -455,7 +460,7 @@ impl<'a> Follower<'a> {
 
     fn summary(&self, id: uuid::Uuid, status: &str) -> String {
         format!(
-            "{id}  {status}  {} epochs  {} checkpoints  {}",
+            "{id}  {status}  {} epochs  {} checkpoints uploaded  {}",
             self.epochs_sent.len(),
             self.checkpoints_sent,
             self.shown.display()
