@@ -201,8 +201,20 @@ fn describe(o: &Output) -> String {
     )
 }
 
-#[tokio::test]
-async fn submit_wait_and_a_missed_bar_with_a_real_worker() {
+/// What the real-worker tests start from.
+struct Setup {
+    worker_bin: PathBuf,
+    scratch: Scratch,
+    /// The tiny dataset, in `scratch`.
+    data: PathBuf,
+    db: TestDb,
+    /// A token named as asked, made by `maelab token create`.
+    token: String,
+}
+
+/// The worker binary (None, with a message, when it is not built), a scratch
+/// folder with the tiny dataset, a fresh database and a token in it.
+async fn setup(token_name: &str) -> Option<Setup> {
     let worker_bin = worker_binary();
     if !worker_bin.is_file() {
         println!(
@@ -210,19 +222,17 @@ async fn submit_wait_and_a_missed_bar_with_a_real_worker() {
              the whole workspace) to run this test",
             worker_bin.display()
         );
-        return;
+        return None;
     }
     let scratch = Scratch::new();
     let data = scratch.0.join("data");
     write_dataset(&data);
     let db = TestDb::new().await.expect("test database");
-    let url = db.url.clone();
-
     let created = tokio::task::spawn_blocking({
-        let url = url.clone();
+        let (url, name) = (db.url.clone(), token_name.to_string());
         move || {
             cli(
-                &["token", "create", "--name", "ci"],
+                &["token", "create", "--name", &name],
                 &[("DATABASE_URL", &url)],
                 Duration::from_secs(30),
             )
@@ -233,6 +243,28 @@ async fn submit_wait_and_a_missed_bar_with_a_real_worker() {
     assert_eq!(created.status.code(), Some(0), "{}", describe(&created));
     let token = String::from_utf8_lossy(&created.stdout).trim().to_string();
     assert!(token.starts_with("mlb_"), "{token}");
+    Some(Setup {
+        worker_bin,
+        scratch,
+        data,
+        db,
+        token,
+    })
+}
+
+#[tokio::test]
+async fn submit_wait_and_a_missed_bar_with_a_real_worker() {
+    let Some(Setup {
+        worker_bin,
+        scratch,
+        data,
+        db,
+        token,
+    }) = setup("ci").await
+    else {
+        return;
+    };
+    let url = db.url.clone();
 
     let (_server, base) = serve(Duration::from_secs(30), |c| {
         c.env("DATABASE_URL", &url)
@@ -339,6 +371,114 @@ async fn submit_wait_and_a_missed_bar_with_a_real_worker() {
     println!(
         "pretrain submit --wait: {pretrain_secs:.1} s; with the finetune: {:.1} s",
         started.elapsed().as_secs_f64()
+    );
+}
+
+/// `maelab import --follow` running a real `maelab-worker train` (whose
+/// log.txt is the official MAE format) into a folder that does not exist yet:
+/// the run appears, gets both epochs as the training writes them and is
+/// finished `succeeded` by the command's exit, its values the log's.
+#[tokio::test]
+async fn import_follow_runs_and_follows_a_real_training() {
+    let Some(Setup {
+        worker_bin,
+        scratch,
+        data,
+        db,
+        token,
+    }) = setup("cluster").await
+    else {
+        return;
+    };
+    let url = db.url.clone();
+    let (_server, base) = serve(Duration::from_secs(30), |c| {
+        c.env("DATABASE_URL", &url)
+            .env("MAELAB_ARTIFACT_STORE", scratch.0.join("artifacts"));
+    })
+    .await;
+
+    let config = scratch.0.join("tiny.toml");
+    std::fs::write(&config, tiny_toml("pretrain", &data, "")).expect("write toml");
+    let out = scratch.0.join("mae-out");
+    let followed = tokio::task::spawn_blocking({
+        let (base, token) = (base.clone(), token.clone());
+        let (bin, config, out, cache) = (
+            worker_bin.display().to_string(),
+            config.display().to_string(),
+            out.display().to_string(),
+            scratch.0.join("cache").display().to_string(),
+        );
+        move || {
+            cli(
+                &[
+                    "import",
+                    "--follow",
+                    "--poll",
+                    "0.1",
+                    &out,
+                    "--",
+                    &bin,
+                    "train",
+                    "--config",
+                    &config,
+                    "--out",
+                    &out,
+                    "--threads",
+                    "1",
+                    "--loader-threads",
+                    "1",
+                    "--cache-dir",
+                    &cache,
+                ],
+                &[("MAELAB_URL", &base), ("MAELAB_TOKEN", &token)],
+                Duration::from_secs(180),
+            )
+        }
+    })
+    .await
+    .expect("join");
+    assert_eq!(followed.status.code(), Some(0), "{}", describe(&followed));
+    let stdout = String::from_utf8_lossy(&followed.stdout).to_string();
+    let id = stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(stdout.contains("pretrain  following"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{id}  succeeded  2 epochs")),
+        "{stdout}"
+    );
+
+    let run: serde_json::Value = reqwest::get(format!("{base}/api/v1/runs/{id}"))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["kind"], "pretrain");
+    assert_eq!(run["name"], "mae-out");
+    assert_eq!(run["epochs_done"], 2);
+    // The stored values are the log's, digit for digit.
+    let log = std::fs::read_to_string(out.join("log.txt")).expect("log.txt");
+    let last: serde_json::Value =
+        serde_json::from_str(log.lines().last().expect("a line")).expect("json line");
+    let epochs: serde_json::Value = reqwest::get(format!("{base}/api/v1/runs/{id}/epochs"))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let epochs = epochs
+        .as_array()
+        .or_else(|| epochs["epochs"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(epochs.len(), 2, "{epochs:?}");
+    assert_eq!(
+        epochs[1]["train_loss"], last["train_loss"],
+        "{epochs:?}\n{log}"
     );
 }
 

@@ -33,7 +33,7 @@ use maelab_core::db::ingest::MAX_POINTS;
 use serde_json::{Value, json};
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::import::{self, Again, Checkpoint, ImportArgs, OpenRun};
+use super::import::{self, Again, Checkpoint, ImportArgs, OpenRun, folder_name};
 use super::mae_log::{self, Log};
 use super::{ApiError, Client, EXIT_OK, EXIT_USAGE};
 
@@ -152,15 +152,14 @@ impl<'a> Follower<'a> {
         parent: Option<uuid::Uuid>,
     ) -> anyhow::Result<Self> {
         let shown = a.dirs[0].clone();
-        let dir = shown
-            .canonicalize()
-            .with_context(|| format!("cannot open {}", shown.display()))?;
-        if !dir.is_dir() {
+        // The training may create its folder after we start (`-- COMMAND`);
+        // until then, the path as given.
+        let dir = std::path::absolute(&shown)
+            .with_context(|| format!("cannot resolve {}", shown.display()))?;
+        if dir.exists() && !dir.is_dir() {
             bail!("{} is not a folder", shown.display());
         }
-        let folder_name = dir
-            .file_name()
-            .map_or_else(|| "/".to_string(), |n| n.to_string_lossy().into_owned());
+        let folder_name = folder_name(&dir);
         let now = Instant::now();
         Ok(Self {
             a,
@@ -186,12 +185,32 @@ impl<'a> Follower<'a> {
         })
     }
 
+    /// Resolve the folder as `maelab import` does (its canonical name is in
+    /// the run's key); false while it does not exist yet.
+    fn resolve(&mut self) -> anyhow::Result<bool> {
+        match self.shown.canonicalize() {
+            Ok(dir) if dir.is_dir() => {
+                self.folder_name = folder_name(&dir);
+                self.dir = dir;
+                Ok(true)
+            }
+            Ok(_) => Err(Stop(format!("{} is not a folder", self.shown.display())).into()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => {
+                Err(anyhow::Error::new(e).context(format!("opening {}", self.shown.display())))
+            }
+        }
+    }
+
     fn log_shown(&self) -> PathBuf {
         self.shown.join("log.txt")
     }
 
     /// Read the log, send what is new, heartbeat when due.
     async fn look(&mut self, ended: bool, command_runs: bool) -> anyhow::Result<Look> {
+        if self.run.is_none() && !self.resolve()? {
+            return Ok(Look::Waiting);
+        }
         let bytes = match std::fs::read(self.dir.join("log.txt")) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.run.is_none() => {

@@ -151,6 +151,13 @@ pub fn client_run_id(folder_name: &str, log: &[u8]) -> String {
     format!("mae-log:{}", hex::encode(h.finalize()))
 }
 
+/// A folder's last component (of its canonical path), as the run's name and
+/// key take it.
+pub(super) fn folder_name(dir: &Path) -> String {
+    dir.file_name()
+        .map_or_else(|| "/".to_string(), |n| n.to_string_lossy().into_owned())
+}
+
 /// The key imports used before [`client_run_id`]: the name and the whole log.
 fn legacy_client_run_id(folder_name: &str, log: &[u8]) -> String {
     let mut h = Sha256::new();
@@ -168,9 +175,7 @@ fn prepare(dir: &Path, a: &ImportArgs) -> anyhow::Result<Folder> {
     if !canonical.is_dir() {
         bail!("not a folder");
     }
-    let folder_name = canonical
-        .file_name()
-        .map_or_else(|| "/".to_string(), |n| n.to_string_lossy().into_owned());
+    let folder_name = folder_name(&canonical);
     let log_path = canonical.join("log.txt");
     let bytes = std::fs::read(&log_path)
         .with_context(|| format!("no log.txt to read ({})", log_path.display()))?;
