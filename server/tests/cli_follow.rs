@@ -126,6 +126,23 @@ async fn checkpoints(s: &Server, id: &str) -> Vec<(String, String)> {
     got
 }
 
+/// Wait (30 s at most) until the run's checkpoints are `want`: a look sends
+/// the points before the checkpoints, so the epoch shows first.
+async fn checkpoints_become(s: &Server, id: &str, want: &[(String, String)]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = checkpoints(s, id).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "checkpoints {got:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn write_checkpoint(dir: &Path, e: u32, size: usize) -> (String, String) {
     let bytes: Vec<u8> = (0..size).map(|i| (i * 13 + e as usize) as u8).collect();
     let name = format!("checkpoint-{e}.pth");
@@ -156,7 +173,7 @@ async fn follows_a_training_epoch_by_epoch_until_its_last_epoch() {
     assert_eq!(run["name"], "mae-live");
     assert_eq!(run["tags"], serde_json::json!(["live"]));
     assert_eq!(run["epochs_total"], 3, "--epochs is the run's total");
-    assert_eq!(checkpoints(&s, &id).await, std::slice::from_ref(&ck0));
+    checkpoints_become(&s, &id, std::slice::from_ref(&ck0)).await;
 
     // Checkpoint 1 lands before its record: it waits for the record.
     let ck1 = write_checkpoint(&dir, 1, 5000);
@@ -166,7 +183,7 @@ async fn follows_a_training_epoch_by_epoch_until_its_last_epoch() {
     assert_eq!(checkpoints(&s, &id).await, std::slice::from_ref(&ck0));
     append(&dir, tail);
     run_when(&s, |r| r["epochs_done"] == 2).await;
-    assert_eq!(checkpoints(&s, &id).await, [ck0.clone(), ck1.clone()]);
+    checkpoints_become(&s, &id, &[ck0.clone(), ck1.clone()]).await;
 
     // The last epoch finishes the run and the follow.
     append(&dir, &line(2));
