@@ -374,7 +374,11 @@ async fn an_interrupted_follow_resumes_and_a_plain_import_finishes_it() {
     let o = s.run(&["import", arg(&dir), "--skip-bad-lines"]).await;
     assert_eq!(code(&o), 3, "{}", text(&o));
     assert!(
-        stderr(&o).contains("is finished and takes no more; log.txt has 4 now"),
+        stderr(&o).contains(
+            "imported from this folder when its log had 3 epochs, is finished and takes no \
+             more; log.txt has 4 now (`maelab import --follow` keeps a run open while a \
+             training writes)"
+        ),
         "{}",
         text(&o)
     );

@@ -41,7 +41,10 @@ use crate::read_model::artifacts::valid_name;
 pub const AFTER_HELP: &str = "Exit codes: 0 every folder imported (or imported before: nothing \
 is sent twice); 3 usage error, a folder refused (no log.txt, bad lines without --skip-bad-lines, \
 no epochs, --pretrain-of on a pretraining log: nothing is sent then), a refused request or no \
-connection (a run cut short stays running; import the folder again to complete it). With --follow: 0 the run finished (--epochs reached, or the command succeeded); the command's own code when it failed (the run is marked failed); 130 interrupted (the run stays running: --follow again resumes it, a plain import finishes it); 3 as above.";
+connection (a run cut short stays running; import the folder again to complete it). \
+With --follow: 0 the run finished (--epochs reached, or the command succeeded); the command's \
+own code when it failed (the run is marked failed); 130 interrupted (the run stays running: \
+--follow again resumes it, a plain import finishes it); 3 as above.";
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
@@ -489,7 +492,9 @@ pub(super) fn again(
             let had_epochs = run["epochs_done"].as_u64().unwrap_or(0);
             if had_epochs < epochs as u64 {
                 bail!(
-                    "run {id}, imported from this folder when its log had {had_epochs} epoch{},                      is finished and takes no more; log.txt has {epochs} now (`maelab import                      --follow` keeps a run open while a training writes)",
+                    "run {id}, imported from this folder when its log had {had_epochs} epoch{}, \
+                     is finished and takes no more; log.txt has {epochs} now (`maelab import \
+                     --follow` keeps a run open while a training writes)",
                     if had_epochs == 1 { "" } else { "s" }
                 );
             }
