@@ -48,11 +48,13 @@ fn arg(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// The follower as a child process, its output captured.
-fn follow(s: &Server, args: &[&str]) -> Child {
-    let mut all = vec!["import", "--follow", "--poll", "0.05"];
+/// `maelab import --follow DIR ARGS...` as a child process in `dir` (where a
+/// command after `--` writes), its output captured.
+fn follow(s: &Server, dir: &Path, args: &[&str]) -> Child {
+    let mut all = vec!["import", "--follow", "--poll", "0.05", arg(dir)];
     all.extend_from_slice(args);
     s.cli(&all)
+        .current_dir(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -155,7 +157,7 @@ async fn follows_a_training_epoch_by_epoch_until_its_last_epoch() {
     let s = serve().await;
     let dir = empty_folder("mae-live");
     // Started before the training wrote anything.
-    let child = follow(&s, &[arg(&dir), "--epochs", "3", "--tag", "live"]);
+    let child = follow(&s, &dir, &["--epochs", "3", "--tag", "live"]);
 
     // A file the server would refuse is warned about once, not at every look.
     std::fs::write(dir.join("checkpoint-x y.pth"), b"x").unwrap();
@@ -226,24 +228,10 @@ async fn the_command_it_runs_finishes_the_run_with_its_status() {
     let dir = empty_folder("mae-cmd");
     let script = format!(
         "printf '%s' '{}' >> log.txt; sleep 0.3; printf '%s' '{}' >> log.txt; sleep 0.3; exit 7",
-        line(0).trim_end().to_string() + "\n",
+        line(0),
         line(1).trim_end()
     );
-    let mut c = s.cli(&[
-        "import",
-        "--follow",
-        "--poll",
-        "0.05",
-        arg(&dir),
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]);
-    c.current_dir(&dir);
-    let o = tokio::task::spawn_blocking(move || c.output().unwrap())
-        .await
-        .unwrap();
+    let o = finished(follow(&s, &dir, &["--", "sh", "-c", &script])).await;
     assert_eq!(code(&o), 7, "the command's status: {}", text(&o));
     let run = run_when(&s, |_| true).await;
     assert_eq!(run["status"], "failed");
@@ -266,23 +254,7 @@ async fn the_command_it_runs_finishes_the_run_with_its_status() {
          while [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done",
         line(0)
     );
-    let mut c = s.cli(&[
-        "import",
-        "--follow",
-        "--poll",
-        "0.05",
-        arg(&dir),
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]);
-    let child = c
-        .current_dir(&dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = follow(&s, &dir, &["--", "sh", "-c", &script]);
     let id =
         run_when(&s, |r| r["name"] == "mae-term" && r["epochs_done"] == 1).await["run_id"].clone();
     nix::sys::signal::kill(
@@ -319,7 +291,7 @@ async fn an_interrupted_follow_resumes_and_a_plain_import_finishes_it() {
     let s = serve().await;
     let dir = empty_folder("mae-resume");
     append(&dir, &line(0));
-    let child = follow(&s, &[arg(&dir)]);
+    let child = follow(&s, &dir, &[]);
     let run = run_when(&s, |r| r["epochs_done"] == 1).await;
     let id = run["run_id"].as_str().unwrap().to_string();
     nix::sys::signal::kill(
@@ -334,7 +306,7 @@ async fn an_interrupted_follow_resumes_and_a_plain_import_finishes_it() {
 
     // A second follow finds the run and sends what came meanwhile.
     append(&dir, &line(1));
-    let child = follow(&s, &[arg(&dir)]);
+    let child = follow(&s, &dir, &[]);
     run_when(&s, |r| r["epochs_done"] == 2).await;
     // A bad line with a record after it stops the follow (the run stays).
     append(&dir, "Epoch: [2]  [  0/390]  eta: 0:01:02\n");
@@ -394,15 +366,8 @@ async fn a_stalled_training_turns_lost_and_comes_back() {
     // Heartbeats every 2.5 s, stopping 1 s after the last change.
     let child = follow(
         &s,
-        &[
-            arg(&dir),
-            "--lost-after",
-            "10",
-            "--stall",
-            "1",
-            "--epochs",
-            "2",
-        ],
+        &dir,
+        &["--lost-after", "10", "--stall", "1", "--epochs", "2"],
     );
     run_when(&s, |r| r["epochs_done"] == 1).await;
     run_when(&s, |r| r["status"] == "lost").await;

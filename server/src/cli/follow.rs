@@ -29,11 +29,10 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
-use maelab_core::db::ingest::MAX_POINTS;
 use serde_json::{Value, json};
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::import::{self, Again, Checkpoint, ImportArgs, OpenRun, folder_name};
+use super::import::{self, Again, Checkpoint, ImportArgs, OpenRun, PointOut, folder_name};
 use super::mae_log::{self, Log};
 use super::{ApiError, Client, EXIT_OK, EXIT_USAGE};
 
@@ -141,7 +140,6 @@ struct Follower<'a> {
     warned: HashSet<String>,
     last_change: Instant,
     last_beat: Instant,
-    epochs_sent: BTreeSet<u32>,
     checkpoints_sent: usize,
 }
 
@@ -180,7 +178,6 @@ impl<'a> Follower<'a> {
             warned: HashSet::new(),
             last_change: now,
             last_beat: now,
-            epochs_sent: BTreeSet::new(),
             checkpoints_sent: 0,
         })
     }
@@ -363,36 +360,34 @@ impl<'a> Follower<'a> {
             .into_iter()
             .filter(|(k, v)| self.sent.get(k) != Some(&v.to_bits()))
             .collect();
-        for batch in fresh.chunks(MAX_POINTS) {
-            let points: Vec<Value> = batch
-                .iter()
-                .map(|((key, step), value)| json!({"key": key, "step": step, "value": value}))
-                .collect();
-            self.client
-                .post::<_, Value>(
-                    &format!("/api/v1/runs/{id}/metrics"),
-                    Some(&json!({ "points": points })),
-                )
-                .await
-                .context("sending points")?;
-            let new_epochs: BTreeSet<u32> = batch
-                .iter()
-                .map(|((_, e), _)| *e)
-                .filter(|e| !self.epochs_sent.contains(e))
-                .collect();
-            // One line per look: a resumed follow sends hundreds at once.
-            match (new_epochs.first(), new_epochs.last()) {
-                (Some(a), Some(b)) if a == b => eprintln!("run {id}: epoch {a}"),
-                (Some(a), Some(b)) => {
-                    eprintln!("run {id}: epochs {a}-{b} ({})", new_epochs.len());
-                }
-                _ => {}
-            }
-            self.epochs_sent.extend(new_epochs);
-            self.sent
-                .extend(batch.iter().map(|(k, v)| (k.clone(), v.to_bits())));
+        if fresh.is_empty() {
+            return Ok(false);
         }
-        Ok(!fresh.is_empty())
+        let points: Vec<PointOut> = fresh
+            .iter()
+            .map(|((key, step), value)| PointOut {
+                key,
+                step: *step,
+                value: *value,
+            })
+            .collect();
+        import::post_points(self.client, id, &points).await?;
+        let before = self.epochs();
+        self.sent
+            .extend(fresh.iter().map(|(k, v)| (k.clone(), v.to_bits())));
+        // One line per look: a resumed follow sends hundreds at once.
+        let new: BTreeSet<u32> = self.epochs().difference(&before).copied().collect();
+        match (new.first(), new.last()) {
+            (Some(a), Some(b)) if a == b => eprintln!("run {id}: epoch {a}"),
+            (Some(a), Some(b)) => eprintln!("run {id}: epochs {a}-{b} ({})", new.len()),
+            _ => {}
+        }
+        Ok(true)
+    }
+
+    /// The epochs the server has points of.
+    fn epochs(&self) -> BTreeSet<u32> {
+        self.sent.keys().map(|(_, e)| *e).collect()
     }
 
     /// Send checkpoints whose epoch's record is in (all once ended) and that
@@ -480,7 +475,7 @@ impl<'a> Follower<'a> {
     fn summary(&self, id: uuid::Uuid, status: &str) -> String {
         format!(
             "{id}  {status}  {} epochs  {} checkpoints uploaded  {}",
-            self.epochs_sent.len(),
+            self.epochs().len(),
             self.checkpoints_sent,
             self.shown.display()
         )
@@ -620,11 +615,7 @@ pub async fn run(
                     }
                 )
             });
-            let code = if status.success() {
-                EXIT_OK
-            } else {
-                exit_code(status)
-            };
+            let code = exit_code(status);
             match (look?, f.run) {
                 (Look::AlreadyDone, _) => Ok(code),
                 (_, None) => {

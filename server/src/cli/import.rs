@@ -112,7 +112,7 @@ pub struct ImportArgs {
 }
 
 /// A checkpoint file to upload.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) struct Checkpoint {
     pub path: PathBuf,
     pub name: String,
@@ -334,10 +334,28 @@ async fn file_body(path: &Path) -> anyhow::Result<reqwest::Body> {
 }
 
 #[derive(Debug, Serialize)]
-struct PointOut<'a> {
-    key: &'a str,
-    step: u32,
-    value: f64,
+pub(super) struct PointOut<'a> {
+    pub key: &'a str,
+    pub step: u32,
+    pub value: f64,
+}
+
+/// Send `points` to run `id` in batches the server takes.
+pub(super) async fn post_points(
+    client: &Client,
+    id: uuid::Uuid,
+    points: &[PointOut<'_>],
+) -> anyhow::Result<()> {
+    for (i, batch) in points.chunks(MAX_POINTS).enumerate() {
+        client
+            .post::<_, Value>(
+                &format!("/api/v1/runs/{id}/metrics"),
+                Some(&json!({"points": batch})),
+            )
+            .await
+            .with_context(|| format!("sending points (batch {})", i + 1))?;
+    }
+    Ok(())
 }
 
 pub async fn run(a: ImportArgs) -> anyhow::Result<u8> {
@@ -355,7 +373,7 @@ pub async fn run(a: ImportArgs) -> anyhow::Result<u8> {
         if a.dirs.len() > 1 {
             bail!("--follow follows one folder: start one `maelab import --follow` per training");
         }
-        let client = writer(&a).await?;
+        let client = writer(&a)?;
         check_parent(&client, parent).await?;
         return super::follow::run(&a, &client, parent).await;
     }
@@ -378,7 +396,7 @@ pub async fn run(a: ImportArgs) -> anyhow::Result<u8> {
         );
         return Ok(EXIT_USAGE);
     }
-    let client = writer(&a).await?;
+    let client = writer(&a)?;
     check_parent(&client, parent).await?;
     let mut failed = 0;
     for f in &folders {
@@ -394,7 +412,7 @@ pub async fn run(a: ImportArgs) -> anyhow::Result<u8> {
 }
 
 /// A client that may write: imports need a token.
-async fn writer(a: &ImportArgs) -> anyhow::Result<Client> {
+fn writer(a: &ImportArgs) -> anyhow::Result<Client> {
     if a.conn.token.as_deref().is_none_or(str::is_empty) {
         bail!(
             "an import writes runs: set MAELAB_TOKEN or --token (maelab token create --name import)"
@@ -626,15 +644,7 @@ async fn send(
         .points()
         .map(|(key, step, value)| PointOut { key, step, value })
         .collect();
-    for (i, batch) in points.chunks(MAX_POINTS).enumerate() {
-        client
-            .post::<_, Value>(
-                &format!("/api/v1/runs/{id}/metrics"),
-                Some(&json!({"points": batch})),
-            )
-            .await
-            .with_context(|| format!("sending points (batch {})", i + 1))?;
-    }
+    post_points(client, id, &points).await?;
     let distinct: HashSet<(&str, u32)> = points.iter().map(|p| (p.key, p.step)).collect();
     let stored = if resumed && !f.checkpoints.is_empty() {
         stored_checkpoints(client, id).await?
